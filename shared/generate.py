@@ -1,0 +1,133 @@
+"""Generation shared by every model: run folder -> model + tokenizer -> the model's decoding preset -> text.
+
+The preset is the recipe's `generation` section, saved with the run (final/recipe.yaml); command-line
+`key=value` pairs override it (`temperature=0.7 max_new_tokens=80`), `--prompt` replaces the preset's prompts.
+Tokens stream to the terminal as they are produced (except under beam search, which has no single stream).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
+
+from . import REPO_ROOT
+from .errors import UserError
+from .recipe import parse_override, resolve_path
+
+NOT_GENERATION = {"prompts", "stream"}
+
+
+def find_run(model: str, run: str | None = None, root: str | Path = "runs") -> Path:
+    """runs/<model>/<run>/final, or the newest final model of that model when `run` is None."""
+    base = resolve_path(root) / model
+    if run:
+        path = Path(run) if Path(run).is_absolute() else base / run
+        for candidate in (path / "final", path):
+            if (candidate / "config.json").is_file():
+                return candidate
+        raise UserError(f"run not found: {path} has no final model (train it first: make train-{model})")
+    finals = sorted(base.glob("*/final/config.json"), key=lambda p: p.stat().st_mtime)
+    if not finals:
+        raise UserError(f"no trained {model} model under {base.relative_to(REPO_ROOT) if base.is_relative_to(REPO_ROOT) else base}; "
+                        f"train one first: make train-{model}")
+    return finals[-1].parent
+
+
+def load(path: Path):
+    """Model (on GPU when there is one), tokenizer and the resolved recipe saved with the run."""
+    recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8")) if (path / "recipe.yaml").is_file() else {}
+    recipe = recipe or {}
+    trust_remote_code = bool((recipe.get("model") or {}).get("trust_remote_code"))
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), tok, recipe
+
+
+def context_length(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "block_size", "max_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def generation_config(preset: dict, tokenizer) -> GenerationConfig:
+    kwargs = {k: v for k, v in preset.items() if k not in NOT_GENERATION}
+    kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    try:
+        config = GenerationConfig(**kwargs)
+        config.validate(strict=True)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"generation preset: {str(e).splitlines()[0]}") from None
+    return config
+
+
+def generate(model, tokenizer, prompt: str, preset: dict, stream: bool = False) -> str:
+    """Complete `prompt` with the preset; returns the prompt plus its continuation, as text."""
+    config = generation_config(preset, tokenizer)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    if ids.shape[1] == 0:
+        ids = torch.tensor([[tokenizer.eos_token_id]])
+    limit = context_length(model.config)
+    if limit is not None:
+        if ids.shape[1] >= limit:
+            raise UserError(f"prompt is {ids.shape[1]} tokens, the model's context is {limit}; shorten the prompt")
+        room = limit - ids.shape[1]
+        if (config.max_new_tokens or 0) > room:
+            config.max_new_tokens = room
+        if config.min_new_tokens and config.min_new_tokens > room:
+            config.min_new_tokens = room
+    ids = ids.to(model.device)
+    streamer = None
+    if stream and config.num_beams == 1:
+        print(prompt, end="", flush=True)
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer)
+    text = prompt + tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    if stream and streamer is None:
+        print(text, flush=True)
+    elif stream:
+        print(flush=True)
+    return text
+
+
+def samples_markdown(model, tokenizer, preset: dict, seed: int = 0) -> str:
+    """Generate every preset prompt (seeded) and format them for train_log.md."""
+    torch.manual_seed(seed)
+    blocks = []
+    for prompt in preset.get("prompts", []):
+        text = generate(model, tokenizer, prompt, preset)
+        blocks.append(f"**{prompt}**\n\n```text\n{text.strip()}\n```")
+    return "\n\n".join(blocks) or "(the preset has no prompts)"
+
+
+def main(argv: list[str], model_name: str | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate with a trained slm model and its decoding preset.")
+    if model_name is None:
+        parser.add_argument("model", help="phi3 | mixtral | phi2 | nanogpt | minigl")
+    parser.add_argument("--run", default=None, help="run name under runs/<model>/ or a folder (default: newest)")
+    parser.add_argument("--root", default="runs", help="runs folder (default: runs)")
+    parser.add_argument("--prompt", action="append", help="prompt (repeatable); default: the preset's prompts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="generation key=value (e.g. temperature=0.7)")
+    args = parser.parse_args(argv)
+    name = model_name or args.model
+    path = find_run(name, args.run, args.root)
+    model, tok, recipe = load(path)
+    preset = dict(recipe.get("generation") or {})
+    for text in args.overrides:
+        key, value = parse_override(text)
+        preset[key.removeprefix("generation.")] = value
+    prompts = args.prompt or preset.get("prompts") or [""]
+    print(f"model: {path}  |  preset: " + ", ".join(f"{k}={v}" for k, v in preset.items() if k != "prompts"), flush=True)
+    torch.manual_seed(args.seed)
+    for prompt in prompts:
+        print("-" * 60, flush=True)
+        generate(model, tok, prompt, preset, stream=True)

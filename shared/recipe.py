@@ -1,0 +1,371 @@
+"""Recipes: one YAML file per model and stage (`recipes/<model>/<stage>.yaml`) -> typed, validated config objects.
+
+A recipe has these sections (all optional except `model`):
+
+    model:      which model, its config file, config overrides, weights to start from
+    tokenizer:  Hub tokenizer, or a fallback trained on the run's corpus
+    data:       Hub dataset / local file / folder, bundled fallback, column mapping, template, block size
+    training:   any `transformers.TrainingArguments` field
+    generation: prompts + any `transformers.GenerationConfig` field (the model's decoding preset)
+    run:        run name, output root, resume policy, precision
+    extra:      free-form settings for one recipe's own script (e.g. DPO beta); validated by that script
+
+Overrides are `key=value` strings: `training.num_train_epochs=1`, or just `num_train_epochs=1` when the key name
+is unique across sections. Values are parsed as YAML (`1`, `1e-4`, `true`, `[a, b]`, `null`). Unknown or mistyped
+keys and wrong types are errors that name the file, the line and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import REPO_ROOT
+from .errors import UserError
+
+# key names whose values are secrets: token, hub_token, HF_TOKEN, WANDB_API_KEY, db_password, client_secret...
+SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_key|credentials?)$", re.I)
+SPECIAL_TOKEN_KEY = re.compile(r"^(pad|eos|bos|unk|sep|cls|mask)_token$", re.I)  # tokenizer fields, not secrets
+REDACTED = "***redacted***"
+
+
+def is_secret_key(key: object) -> bool:
+    return bool(SECRET_KEY.search(str(key))) and not SPECIAL_TOKEN_KEY.match(str(key))
+
+
+@dataclass
+class ModelArgs:
+    name: str  # folder under runs/ and the key `make generate MODEL=...` looks for
+    config: str | None = None  # JSON model config (repo-relative path) or Hub id
+    overrides: dict = field(default_factory=dict)  # config fields that replace the JSON's
+    init_from: str | None = None  # weights to start from (run folder, local path or Hub id); None = random init
+    trust_remote_code: bool = False  # never on unless a recipe asks for it
+    lora: dict | None = None  # peft LoraConfig fields; None = full fine-tune
+
+
+@dataclass
+class TokenizerArgs:
+    name: str | None = None  # Hub id or local folder
+    fallback: str = "bpe"  # "bpe": train a byte-level BPE on the run's corpus when `name` can't load; "none": fail
+    vocab_size: int = 8000  # size of the fallback tokenizer
+    min_frequency: int = 2
+
+
+@dataclass
+class DataArgs:
+    dataset: str | None = None  # Hub dataset id
+    subset: str | None = None  # Hub dataset config name
+    split: str = "train"
+    path: str | None = None  # local file (jsonl/json/txt/csv/parquet) or folder; wins over `dataset`
+    fallback: str | None = None  # bundled local data used when the Hub dataset can't be loaded
+    columns: dict = field(default_factory=dict)  # template field -> column of the source
+    template: str = "{text}"  # how one record becomes one training text
+    validation_fraction: float = 0.1
+    block_size: int = 256  # tokens per training sequence
+    max_samples: int | None = None  # cap on records, for quick runs
+    max_chars: int = 200_000  # a record longer than this is an error (catches a whole file on one line)
+
+
+@dataclass
+class RunArgs:
+    name: str = "default"  # runs/<model>/<name>/
+    output_root: str = "runs"
+    resume: str = "auto"  # auto: newest complete checkpoint, or fresh | never | <checkpoint folder>
+    precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
+
+
+SECTION_TYPES = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataArgs, "run": RunArgs}
+FREE_SECTIONS = ("training", "generation", "extra")
+ALL_SECTIONS = tuple(SECTION_TYPES) + FREE_SECTIONS
+CHOICES = {
+    ("tokenizer", "fallback"): ("bpe", "none"),
+    ("run", "precision"): ("auto", "bf16", "fp16", "fp32"),
+}
+
+
+@dataclass
+class Recipe:
+    source: str
+    model: ModelArgs
+    tokenizer: TokenizerArgs
+    data: DataArgs
+    run: RunArgs
+    training: dict
+    generation: dict
+    extra: dict
+    lines: dict = field(default_factory=dict, repr=False)  # "section.key" -> line number in the YAML
+
+    def where(self, key: str) -> str:
+        line = self.lines.get(key)
+        return f"{self.source}:{line}" if line else self.source
+
+    @property
+    def run_dir(self) -> Path:
+        root = Path(self.run.output_root)
+        root = root if root.is_absolute() else REPO_ROOT / root
+        return root / self.model.name / self.run.name
+
+    def to_dict(self, redact: bool = True) -> dict:
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTION_TYPES}
+        out.update({name: dict(getattr(self, name)) for name in FREE_SECTIONS})
+        return redact_secrets(out) if redact else out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False)
+
+
+def redact_secrets(obj: Any) -> Any:
+    """Replace values of secret-looking keys (token, api_key, password...) so they never reach disk or logs."""
+    if isinstance(obj, dict):
+        return {k: (REDACTED if is_secret_key(k) and v not in (None, "", False) else redact_secrets(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_secrets(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# type checking of values against dataclass annotations
+
+
+def _training_fields() -> dict[str, Any]:
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _generation_fields() -> set[str]:
+    from transformers import GenerationConfig
+
+    return set(GenerationConfig().to_dict()) | {"prompts", "stream", "max_new_tokens", "min_new_tokens"}
+
+
+def _accepts(tp: Any, value: Any) -> bool:
+    if tp is Any or value is None and _is_optional(tp):
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(t, value) for t in typing.get_args(tp))
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, str) and value in {m.value for m in tp}
+    if origin in (list, tuple) or tp in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return True  # exotic annotation: let the consumer validate
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """YAML reads `1e-4` as a string and `5` as an int; fix the harmless cases before checking."""
+    if isinstance(value, str) and not _accepts(tp, value):
+        try:
+            as_float = float(value)
+        except ValueError:
+            return value
+        if _accepts(tp, as_float):
+            return as_float
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _line_map(node: yaml.Node, prefix: str = "", out: dict | None = None) -> dict:
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            out[key] = key_node.start_mark.line + 1
+            if isinstance(value_node, yaml.MappingNode) and not prefix:
+                _line_map(value_node, key + ".", out)
+    return out
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not key=value (e.g. training.num_train_epochs=1)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _resolve_key(key: str, known: dict[str, set[str]], where: str) -> tuple[str, str]:
+    """`training.lr` -> (section, field); a bare field name must be unique across the sections."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in known:
+            raise UserError(f"{where}: unknown section '{section}' in '{key}'{_suggest(section, list(known))}; "
+                            f"sections are {', '.join(known)}")
+        if section in ("generation", "extra") or name in known[section]:
+            return section, name
+        raise UserError(f"{where}: unknown key '{key}'{_suggest(name, sorted(known[section]))}")
+    owners = [s for s, names in known.items() if key in names]
+    if len(owners) == 1:
+        return owners[0], key
+    if len(owners) > 1:
+        raise UserError(f"{where}: key '{key}' is ambiguous; write one of {', '.join(f'{s}.{key}' for s in owners)}")
+    every = sorted({f"{s}.{n}" for s, names in known.items() for n in names})
+    close = difflib.get_close_matches(key, [e.split(".", 1)[1] for e in every], n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise UserError(f"{where}: unknown key '{key}'{hint}")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML, apply `key=value` overrides, check every key and type; raise UserError otherwise."""
+    path = Path(path)
+    shown = _display(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {shown}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{shown}{line}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{shown}: a recipe is a mapping of sections ({', '.join(ALL_SECTIONS)})")
+    lines = _line_map(node) if node is not None else {}
+
+    def where(key: str) -> str:
+        return f"{shown}:{lines[key]}" if key in lines else shown
+
+    training_fields = _training_fields()
+    known: dict[str, set[str]] = {s: {f.name for f in dataclasses.fields(t)} for s, t in SECTION_TYPES.items()}
+    known["training"] = set(training_fields)
+    known["generation"] = _generation_fields()
+    known["extra"] = set((raw.get("extra") or {}).keys())
+
+    sections: dict[str, dict] = {}
+    for section, body in raw.items():
+        if section not in known:
+            raise UserError(f"{where(section)}: unknown section '{section}'{_suggest(str(section), list(known))}; "
+                            f"sections are {', '.join(ALL_SECTIONS)}")
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise UserError(f"{where(section)}: section '{section}' must be a mapping of key: value")
+        for key in body:
+            if section not in ("extra",) and key not in known[section]:
+                raise UserError(f"{where(f'{section}.{key}')}: unknown key '{section}.{key}'"
+                                f"{_suggest(str(key), sorted(known[section]))}")
+        sections[section] = dict(body)
+
+    for text_override in overrides or []:
+        key, value = parse_override(text_override)
+        section, name = _resolve_key(key, known, f"override '{text_override}'")
+        sections.setdefault(section, {})[name] = value
+        lines.pop(f"{section}.{name}", None)  # the value no longer comes from the file
+
+    if "model" not in sections or "name" not in sections["model"]:
+        raise UserError(f"{shown}: the recipe needs model.name")
+
+    built: dict[str, Any] = {}
+    for section, cls in SECTION_TYPES.items():
+        body = sections.get(section, {})
+        hints = typing.get_type_hints(cls)
+        for key, value in list(body.items()):
+            value = body[key] = _coerce(hints[key], value)
+            if not _accepts(hints[key], value):
+                raise UserError(f"{where(f'{section}.{key}')}: {section}.{key} must be {_type_name(hints[key])}, "
+                                f"got {value!r}")
+            choices = CHOICES.get((section, key))
+            if choices and value not in choices:
+                raise UserError(f"{where(f'{section}.{key}')}: {section}.{key} must be one of {', '.join(choices)}, "
+                                f"got {value!r}")
+        built[section] = cls(**body)
+
+    training = sections.get("training", {})
+    for key, value in list(training.items()):
+        value = training[key] = _coerce(training_fields[key], value)
+        if not _accepts(training_fields[key], value):
+            raise UserError(f"{where(f'training.{key}')}: training.{key} must be {_type_name(training_fields[key])}, "
+                            f"got {value!r}")
+
+    recipe = Recipe(source=shown, training=training, generation=sections.get("generation", {}),
+                    extra=sections.get("extra", {}), lines=lines, **built)
+    check_values(recipe)
+    return recipe
+
+
+def check_values(recipe: Recipe) -> None:
+    """Values that type-check but can't be right."""
+    t, d = recipe.training, recipe.data
+
+    def bad(key: str, msg: str) -> UserError:
+        return UserError(f"{recipe.where(key)}: {key} {msg}")
+
+    if t.get("learning_rate", 1) <= 0:
+        raise bad("training.learning_rate", f"must be > 0, got {t['learning_rate']}")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if key in t and t[key] < 1:
+            raise bad(f"training.{key}", f"must be >= 1, got {t[key]}")
+    if "num_train_epochs" in t and t["num_train_epochs"] <= 0 and t.get("max_steps", -1) <= 0:
+        raise bad("training.num_train_epochs", f"must be > 0 (or set max_steps), got {t['num_train_epochs']}")
+    if not 0 <= t.get("weight_decay", 0) < 1:
+        raise bad("training.weight_decay", f"must be in [0, 1), got {t['weight_decay']}")
+    if not 0 <= d.validation_fraction < 1:
+        raise bad("data.validation_fraction", f"must be in [0, 1), got {d.validation_fraction}")
+    if d.block_size < 2:
+        raise bad("data.block_size", f"must be >= 2, got {d.block_size}")
+    if recipe.tokenizer.vocab_size < 300:
+        raise bad("tokenizer.vocab_size", f"must be >= 300 (256 bytes + specials), got {recipe.tokenizer.vocab_size}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", recipe.run.name):
+        raise bad("run.name", f"must be letters, digits, '.', '_' or '-', got {recipe.run.name!r}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", recipe.model.name):
+        raise bad("model.name", f"must be letters, digits, '.', '_' or '-', got {recipe.model.name!r}")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Recipe paths are relative to the repository root, so scripts work from any working directory."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,279 @@
+"""Training: recipe + data + model -> HF Trainer (or a TRL trainer) -> checkpoints, final HF folder, train_log.md.
+
+Every recipe trains through `train()`, so every run gets the same precision choice, logging, checkpointing,
+crash-safe resume, non-finite-loss guard, final safetensors folder and run log, under plain Python, torchrun,
+`accelerate launch` or the `deepspeed` launcher alike.
+
+Run layout:  runs/<model.name>/<run.name>/checkpoint-N/   resumable Trainer checkpoints (marked complete)
+                                          final/           model.safetensors + config + tokenizer + recipe.yaml
+                                                           + train_log.md + loss.png (AutoModelForCausalLM-loadable)
+"""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from datasets import Dataset
+from transformers import (AutoConfig, AutoModelForCausalLM, DataCollatorForLanguageModeling, PreTrainedModel,
+                          Trainer, TrainerCallback, TrainingArguments)
+
+from .checkpoints import CompleteMarker, checkpoints, find_resume, is_complete
+from .data import Provenance, load_source, pack, split_train_eval, to_texts
+from .errors import UserError
+from .recipe import Recipe, resolve_path
+from .runlog import RunLog, git_commit, hardware, now_utc, package_versions, redacted_command
+from .tokenizer import TokenizerProvenance, load_tokenizer
+
+DEFAULT_TRAINING = dict(
+    report_to="none", logging_steps=10, logging_first_step=True, logging_nan_inf_filter=False,
+    eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, include_num_input_tokens_seen=True,
+    lr_scheduler_type="cosine", warmup_steps=0, seed=42, dataloader_num_workers=0, disable_tqdm=False,
+)
+
+
+@dataclass
+class LMData:
+    """What a causal-LM recipe trains on, with where it came from."""
+    tokenizer: object
+    train: Dataset
+    eval: Dataset | None
+    data: Provenance
+    tokenizer_source: TokenizerProvenance
+
+
+def lm_data(recipe: Recipe) -> LMData:
+    """Source -> texts (template) -> deterministic split -> tokenizer (Hub or trained) -> packed token blocks."""
+    records, prov = load_source(recipe.data)
+    texts = to_texts(records, recipe.data, prov.source)
+    train_texts, eval_texts = split_train_eval(texts, recipe.data.validation_fraction, recipe.training.get("seed", 42))
+    tokenizer, tok_prov = load_tokenizer(recipe.tokenizer, train_texts, prov.fingerprint, cache_root(recipe),
+                                         recipe.model.trust_remote_code)
+    train = pack(train_texts, tokenizer, recipe.data.block_size, "train")
+    evals = pack(eval_texts, tokenizer, recipe.data.block_size, "validation") if eval_texts is not None else None
+    prov.notes.append(f"{len(train_texts)} train / {len(eval_texts) if eval_texts is not None else 0} validation "
+                      f"records -> {len(train)} / {len(evals) if evals is not None else 0} blocks of "
+                      f"{recipe.data.block_size} tokens")
+    return LMData(tokenizer, train, evals, prov, tok_prov)
+
+
+def cache_root(recipe: Recipe) -> Path:
+    return recipe.run_dir.parent.parent / ".cache"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# models
+
+
+def model_config(recipe: Recipe, tokenizer=None, **fixed):
+    """The recipe's JSON config (or Hub config) + overrides; vocab and special ids follow the tokenizer."""
+    ref = recipe.model.config
+    if ref is None:
+        raise UserError(f"{recipe.where('model.config')}: model.config is required to build a model")
+    path = resolve_path(ref)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{ref}:{e.lineno}: malformed JSON ({e.msg})") from None
+        if "model_type" not in data:
+            raise UserError(f"{ref}: the config needs a model_type (e.g. \"phi3\")")
+        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys document the file
+        config = AutoConfig.for_model(**data)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(ref, trust_remote_code=recipe.model.trust_remote_code)
+        except Exception as e:
+            raise UserError(f"model.config: cannot load '{ref}' (not a file here, and the Hub said "
+                            f"{type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    for key, value in {**recipe.model.overrides, **fixed}.items():
+        if not hasattr(config, key):
+            raise UserError(f"{recipe.where('model.overrides')}: model.overrides.{key} is not a field of "
+                            f"{type(config).__name__}")
+        setattr(config, key, value)
+    if tokenizer is not None:
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    check_config(config, ref)
+    return config
+
+
+def check_config(config, where: str) -> None:
+    hidden = getattr(config, "hidden_size", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if hidden and heads and hidden % heads:
+        raise UserError(f"{where}: num_attention_heads={heads} does not divide hidden_size={hidden}")
+    kv = getattr(config, "num_key_value_heads", None)
+    if heads and kv and heads % kv:
+        raise UserError(f"{where}: num_key_value_heads={kv} does not divide num_attention_heads={heads}")
+    for key, value in config.to_dict().items():
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, (int, float)) and not 0 <= value < 1:
+            raise UserError(f"{where}: {key} must be in [0, 1), got {value}")
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value <= 0:
+            raise UserError(f"{where}: {key} must be > 0, got {value}")
+
+
+def build_model(recipe: Recipe, config) -> PreTrainedModel:
+    """Random init from `config`, or the weights of `model.init_from` (a run, a folder or a Hub id)."""
+    torch.manual_seed(recipe.training.get("seed", 42))
+    if recipe.model.init_from:
+        source = resolve_final(recipe.model.init_from)
+        try:
+            return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code)
+        except OSError as e:
+            raise UserError(f"model.init_from: cannot load '{recipe.model.init_from}' ({str(e).splitlines()[0]})") from None
+    return AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+
+
+def resolve_final(ref: str) -> str:
+    """A run folder means its final/ model; anything else is passed through (local folder or Hub id)."""
+    path = resolve_path(ref)
+    if (path / "final" / "config.json").is_file():
+        return str(path / "final")
+    return str(path) if path.exists() else ref
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return {"total": total, "trainable": trainable, "embeddings": embeddings}
+
+
+def describe_parameters(model: torch.nn.Module) -> str:
+    n = count_parameters(model)
+    text = f"{n['total']:,} ({n['total'] / 1e6:.2f}M); without embedding tables {(n['total'] - n['embeddings']) / 1e6:.2f}M"
+    if n["trainable"] != n["total"]:
+        text += f"; trainable {n['trainable']:,} ({100 * n['trainable'] / n['total']:.2f}%)"
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training
+
+
+def precision(choice: str) -> dict:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            choice = "fp32"
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise UserError("run.precision=fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def training_arguments(recipe: Recipe, **fixed) -> TrainingArguments:
+    kwargs = {**DEFAULT_TRAINING, **precision(recipe.run.precision), **recipe.training, **fixed,
+              "output_dir": str(recipe.run_dir)}
+    if kwargs.get("save_total_limit") == 1:
+        raise UserError(f"{recipe.where('training.save_total_limit')}: training.save_total_limit must be >= 2 "
+                        f"(or null): with 1, a crash while saving could leave no complete checkpoint")
+    if kwargs.get("eval_strategy") == "no":
+        kwargs.pop("load_best_model_at_end", None)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{recipe.source}: invalid training settings: {str(e).splitlines()[0]}") from None
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stop at the first NaN/inf loss (or gradient norm), naming the step and the last good checkpoint."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm", "eval_loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                good = [c for c in checkpoints(Path(args.output_dir)) if is_complete(c)]
+                keep = f"last good checkpoint {good[-1]} is kept" if good else "no checkpoint was saved yet"
+                raise UserError(f"non-finite {key} ({value}) at step {state.global_step}; {keep}. "
+                                f"Lower training.learning_rate, raise warmup_steps, or use bf16 instead of fp16")
+
+
+def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Dataset, eval_dataset: Dataset | None,
+          *, title: str, facts: dict[str, str] | None = None, data_collator=None, trainer_cls=Trainer,
+          trainer_kwargs: dict | None = None, callbacks: list | None = None, args: TrainingArguments | None = None,
+          samples: Callable[[PreTrainedModel, object], str] | None = None,
+          publish_log: str | None = None) -> Trainer:
+    """Train with resume, save the final HF folder atomically, write the run log; returns the Trainer."""
+    run_dir = recipe.run_dir
+    args = args or training_arguments(recipe, **({} if eval_dataset is not None else {"eval_strategy": "no"}))
+    resume = find_resume(run_dir, recipe.run.resume, is_main=args.process_index == 0)
+    runlog = RunLog(title, {
+        "date": now_utc(), "git commit": git_commit(), "command": f"`{redacted_command()}`",
+        "hardware": hardware() + (f", {args.world_size} processes" if args.world_size > 1 else ""),
+        "packages": package_versions(), "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "parameters": describe_parameters(model), **(facts or {}),
+        "resumed from": str(resume.relative_to(run_dir)) if resume else "– (fresh start)",
+    })
+    if data_collator is None and trainer_cls is Trainer:
+        data_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                          data_collator=data_collator, processing_class=tokenizer,
+                          callbacks=[CompleteMarker(), NonFiniteLossGuard(), runlog, *(callbacks or [])],
+                          **(trainer_kwargs or {}))
+    if resume:
+        print(f"resume: continuing from {resume}", flush=True)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            good = [c for c in checkpoints(run_dir) if is_complete(c)]
+            raise UserError(f"disk full while writing to {run_dir}; "
+                            + (f"the previous checkpoint {good[-1].name} is intact" if good else "no checkpoint was complete")
+                            + "; free space and rerun the same command to resume") from None
+        raise
+    metrics = trainer.evaluate() if eval_dataset is not None else {}
+    if "eval_loss" in metrics:
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    if metrics:
+        runlog.add_section("Final evaluation", "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
+                                                         for k, v in metrics.items()))
+    final = save_final(trainer, tokenizer, recipe)
+    if trainer.is_world_process_zero():
+        if samples is not None:
+            model.eval()
+            runlog.add_section("Samples (the model's generation preset)", samples(trainer.model, tokenizer))
+        runlog.add_section("Resolved recipe", f"```yaml\n{recipe.to_yaml()}```")
+        log = runlog.write(final)
+        print(f"\nrun saved: {final}\nlog: {log}", flush=True)
+        if publish_log:
+            dest = resolve_path(publish_log)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, dest)
+            if (final / "loss.png").is_file():
+                shutil.copyfile(final / "loss.png", dest.with_name("loss.png"))
+            print(f"reference log published: {dest}", flush=True)
+    return trainer
+
+
+def save_final(trainer: Trainer, tokenizer, recipe: Recipe) -> Path:
+    """Write final/ under a temporary name and swap it in, so a crash never leaves a half-written final model."""
+    run_dir = recipe.run_dir
+    tmp, final, old = run_dir / ".final-tmp", run_dir / "final", run_dir / ".final-old"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank takes part (DeepSpeed ZeRO-3 gathers the shards here)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        for junk in ("training_args.bin",):  # pickled; the resolved recipe.yaml says the same, safely
+            (tmp / junk).unlink(missing_ok=True)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,14 @@
+"""Write poems with the trained Phi-3 model and the document's preset (temperature, top-k/p, repetition penalty).
+
+    make generate MODEL=phi3 [PROMPT="春天来了，"] [RUN=poetry] [ARGS="temperature=0.7"]
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared import generate
+from shared.errors import run_main
+
+if __name__ == "__main__":
+    run_main(lambda argv: generate.main(argv, model_name="phi3"))
