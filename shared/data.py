@@ -200,7 +200,7 @@ def to_texts(ds: Dataset, spec: DataArgs, source: str = "data") -> Dataset:
         texts = []
         for i in range(n):
             values = {name: "" if batch[col][i] is None else str(batch[col][i]).strip() for name, col in mapping.items()}
-            texts.append(spec.template.format(**values).strip())
+            texts.append(spec.template.format(**values).strip() if any(values.values()) else "")
         return {"text": texts}
 
     out = ds.map(render, batched=True, remove_columns=ds.column_names, desc="rendering texts")
