@@ -89,7 +89,7 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float):
-        return f"{v:.3e}" if (abs(v) < 1e-3 and v != 0) or abs(v) >= 1e5 else f"{v:.4f}"
+        return f"{v:.3e}" if (abs(v) < 1e-2 and v != 0) or abs(v) >= 1e5 else f"{v:.4f}"
     return str(v)
 
 
