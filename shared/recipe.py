@@ -185,7 +185,11 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(tp: Any, value: Any) -> Any:
-    """YAML reads `1e-4` as a string and `5` as an int; fix the harmless cases before checking."""
+    """Fix YAML 1.1's harmless surprises before checking: `1e-4` is a string, `no` is False."""
+    if isinstance(value, bool) and not _accepts(tp, value) and _accepts(tp, "no"):
+        return "yes" if value else "no"  # eval_strategy: no
+    if isinstance(value, str) and value.lower() in YAML_BOOLS and not _accepts(tp, value) and _accepts(tp, True):
+        return YAML_BOOLS[value.lower()]
     if isinstance(value, str) and not _accepts(tp, value):
         try:
             as_float = float(value)
@@ -216,6 +220,9 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+YAML_BOOLS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise UserError(f"override '{text}' is not key=value (e.g. training.num_train_epochs=1)")
@@ -223,6 +230,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise UserError(f"override '{text}' has an empty key")
+    if raw.strip().lower() in ("yes", "no", "on", "off"):
+        return key, raw.strip()  # a word here (eval_strategy=no); _coerce makes it a bool where a bool is wanted
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -204,6 +204,7 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
           *, title: str, facts: dict[str, str] | None = None, data_collator=None, trainer_cls=Trainer,
           trainer_kwargs: dict | None = None, callbacks: list | None = None, args: TrainingArguments | None = None,
           samples: Callable[[PreTrainedModel, object], str] | None = None,
+          extra_sections: Callable[[PreTrainedModel], list[tuple[str, str]]] | None = None,
           publish_log: str | None = None) -> Trainer:
     """Train with resume, save the final HF folder atomically, write the run log; returns the Trainer."""
     run_dir = recipe.run_dir
@@ -216,8 +217,8 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
         "parameters": describe_parameters(model), **(facts or {}),
         "resumed from": str(resume.relative_to(run_dir)) if resume else "– (fresh start)",
     })
-    if data_collator is None and trainer_cls is Trainer:
-        data_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    if data_collator is None and not trainer_cls.__module__.startswith("trl"):  # TRL trainers bring their own
+        data_collator = lm_collator(tokenizer)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                           data_collator=data_collator, processing_class=tokenizer,
                           callbacks=[CompleteMarker(), NonFiniteLossGuard(), runlog, *(callbacks or [])],
@@ -239,8 +240,13 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
     if metrics:
         runlog.add_section("Final evaluation", "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
                                                          for k, v in metrics.items()))
+    sync = ranks_in_sync(trainer)
+    if sync:
+        runlog.facts["ranks in sync"] = sync
     final = save_final(trainer, tokenizer, recipe)
     if trainer.is_world_process_zero():
+        for heading, body in (extra_sections(trainer.model) if extra_sections else []):
+            runlog.add_section(heading, body)
         if samples is not None:
             model.eval()
             runlog.add_section("Samples (the model's generation preset)", samples(trainer.model, tokenizer))
@@ -255,6 +261,47 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
                 shutil.copyfile(final / "loss.png", dest.with_name("loss.png"))
             print(f"reference log published: {dest}", flush=True)
     return trainer
+
+
+def lm_collator(tokenizer):
+    """Causal-LM batches: labels = input_ids (the model shifts them), padding masked out with -100."""
+    return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+
+def apply_lora(recipe: Recipe, model: PreTrainedModel) -> PreTrainedModel:
+    """Wrap the model with peft LoRA adapters when the recipe has `model.lora` (fewer GPUs, same Trainer path)."""
+    if not recipe.model.lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    try:
+        config = LoraConfig(task_type="CAUSAL_LM", **recipe.model.lora)
+    except TypeError as e:
+        raise UserError(f"{recipe.where('model.lora')}: model.lora: {e}") from None
+    if recipe.training.get("gradient_checkpointing"):
+        model.enable_input_require_grads()
+    return get_peft_model(model, config)
+
+
+def ranks_in_sync(trainer: Trainer) -> str | None:
+    """Under DDP every rank must end with the same weights: compare a checksum of each rank's parameters."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    if trainer.args.world_size < 2 or not dist.is_initialized() or trainer.is_deepspeed_enabled:
+        return None  # (ZeRO-3 shards the weights: the gathered copy is what save_model writes)
+    h = hashlib.sha256()
+    for name, p in sorted(trainer.accelerator.unwrap_model(trainer.model).named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    sums: list = [None] * dist.get_world_size()
+    dist.all_gather_object(sums, h.hexdigest())
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"ranks ended with different weights: {sums}")
+    if trainer.is_world_process_zero():
+        (Path(trainer.args.output_dir) / "rank_checksums.json").write_text(json.dumps(sums, indent=1))
+    return f"{len(sums)} ranks, identical weights (sha256 {sums[0][:16]})"
 
 
 def save_final(trainer: Trainer, tokenizer, recipe: Recipe) -> Path:

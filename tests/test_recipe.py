@@ -110,3 +110,9 @@ def test_parse_override_values():
     assert parse_override("a=[1, 2]") == ("a", [1, 2])
     assert parse_override("a=null") == ("a", None)
     assert parse_override("a=春天来了，") == ("a", "春天来了，")
+
+
+def test_yaml_yes_no_words_fit_the_field(tmp_path):
+    r = load_recipe(write(tmp_path, BASE.replace("training:\n", "training:\n  save_strategy: no\n")), ["eval_strategy=no", "gradient_checkpointing=yes"])
+    assert r.training["eval_strategy"] == "no" and r.training["save_strategy"] == "no"
+    assert r.training["gradient_checkpointing"] is True

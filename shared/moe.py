@@ -1,0 +1,73 @@
+"""Mixture-of-experts helpers: log the router's load-balancing loss apart from the LM loss, and count expert load.
+
+`MoETrainer` is the HF Trainer with one addition: the model's `aux_loss` (and the LM loss without it) is averaged
+over each logging interval and logged next to `loss`, so train_log.md shows both. `expert_load` routes held-out
+tokens through the model and counts, per layer, how many tokens each expert receives (top-k choices), which makes a
+collapsed router (a few experts taking everything) visible.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+
+class MoETrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The model adds coef * aux_loss to every micro-batch's loss. With loss kwargs (num_items_in_batch) the
+        # Trainer would not divide by gradient_accumulation_steps, so the router loss would weigh GA times more
+        # than configured. Per-micro-batch mean losses, divided by GA by the Trainer, keep both terms in proportion.
+        self.model_accepts_loss_kwargs = False
+        self._moe_sums = torch.zeros(2, dtype=torch.float64)  # aux, lm
+        self._moe_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        aux = getattr(outputs, "aux_loss", None)
+        if model.training and aux is not None:
+            coef = self.accelerator.unwrap_model(model).config.router_aux_loss_coef
+            aux = aux.detach().float().cpu()
+            self._moe_sums += torch.stack([aux, loss.detach().float().cpu() - coef * aux]).double()
+            self._moe_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs and self._moe_count:
+            aux, lm = (self._moe_sums / self._moe_count).tolist()
+            logs["aux_loss"], logs["lm_loss"] = round(aux, 5), round(lm, 4)
+            self._moe_sums.zero_()
+            self._moe_count = 0
+        super().log(logs, start_time)
+
+
+@torch.no_grad()
+def expert_load(model, dataset, batch_size: int = 8, max_batches: int = 8) -> torch.Tensor:
+    """Tokens routed to each expert, per layer: a [layers, experts] tensor of counts over (part of) `dataset`."""
+    config = model.config
+    counts = torch.zeros(config.num_hidden_layers, config.num_local_experts, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    for start in range(0, min(len(dataset), batch_size * max_batches), batch_size):
+        ids = torch.tensor(dataset[start:start + batch_size]["input_ids"], device=model.device)
+        out = model(input_ids=ids, output_router_logits=True)
+        for layer, logits in enumerate(out.router_logits):
+            chosen = logits.float().topk(config.num_experts_per_tok, dim=-1).indices.flatten().cpu()
+            counts[layer] += torch.bincount(chosen, minlength=config.num_local_experts)
+    model.train(was_training)
+    return counts
+
+
+def expert_load_markdown(counts: torch.Tensor) -> str:
+    """A table of each expert's share of routed tokens per layer; flags layers where the router has collapsed."""
+    layers, experts = counts.shape
+    header = "| layer | " + " | ".join(f"e{e}" for e in range(experts)) + " | max/min | |"
+    lines = [f"Share of routed tokens per expert (top-k choices; an even split is {100 / experts:.1f}% each).", "",
+             header, "|" + "---|" * (experts + 3)]
+    for layer in range(layers):
+        row = counts[layer].double()
+        share = 100 * row / row.sum().clamp(min=1)
+        ratio = (row.max() / row.min()).item() if row.min() > 0 else float("inf")
+        flag = "collapsed?" if row.min() == 0 or share.max() > 50 else ""
+        lines.append(f"| {layer} | " + " | ".join(f"{s:.1f}" for s in share.tolist())
+                     + f" | {ratio:.1f} | {flag} |")
+    return "\n".join(lines)
