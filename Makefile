@@ -23,6 +23,36 @@ OVERRIDES = $(strip \
   $(if $(RESUME),run.resume=$(RESUME)) \
   $(ARGS))
 
+# Launchers (multi-GPU / multi-node): NPROC processes per node, NNODES nodes; LAUNCHER = torchrun (default),
+# accelerate (ACCELERATE_CONFIG=recipes/accelerate/zero3.yaml ...) or deepspeed (HOSTFILE=... for several nodes).
+NPROC       ?= 1
+NNODES      ?= 1
+NODE_RANK   ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+LAUNCHER    ?= torchrun
+ifeq ($(NPROC)$(NNODES)$(LAUNCHER),11torchrun)
+LAUNCH = $(PY)
+else ifeq ($(LAUNCHER),accelerate)
+LAUNCH = $(VENV)/bin/accelerate launch --num_processes $$(( $(NPROC) * $(NNODES) )) --num_machines $(NNODES) \
+  --machine_rank $(NODE_RANK) --main_process_ip $(MASTER_ADDR) --main_process_port $(MASTER_PORT) \
+  $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG),$(if $(filter 1,$(NPROC)$(NNODES)),,--multi_gpu))
+else ifeq ($(LAUNCHER),deepspeed)
+LAUNCH = $(VENV)/bin/deepspeed --no_local_rank --num_nodes $(NNODES) --master_addr $(MASTER_ADDR) \
+  --master_port $(MASTER_PORT) $(if $(HOSTFILE),--hostfile $(HOSTFILE),--num_gpus $(NPROC))
+else ifeq ($(LAUNCHER),torchrun)
+LAUNCH = $(PY) -m torch.distributed.run --nproc_per_node $(NPROC) --nnodes $(NNODES) --node_rank $(NODE_RANK) \
+  --master_addr $(MASTER_ADDR) --master_port $(MASTER_PORT)
+else
+$(error LAUNCHER must be torchrun, accelerate or deepspeed, got '$(LAUNCHER)')
+endif
+# the make targets publish each model's reference train_log.md into its folder; PUBLISH=no for scratch runs
+PUBLISH     ?= yes
+publish = $(if $(filter yes,$(PUBLISH)),--publish-log $(1)/train_log.md)
+
+# make estimate MODEL=mixtral-8x7b: memory per GPU of these recipes under ZeRO-2 / ZeRO-3 / offload
+ESTIMATE_mixtral-8x7b := recipes/mixtral/8x7b-zero3.yaml recipes/mixtral/8x7b-lora.yaml
+
 # generation: make generate MODEL=phi3 [PROMPT="春天来了，"] [RUN=poetry] [ARGS="temperature=0.7"]
 MODEL       ?= phi3
 MODEL_DIR_phi3    := train_phi3
@@ -37,7 +67,7 @@ export TOKENIZERS_PARALLELISM   := false
 export PYTHONUNBUFFERED         := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train-phi3 generate clean-runs
+.PHONY: help setup test test-fast train-phi3 train-mixtral generate estimate clean-runs
 
 help: ## list the targets
 	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT):"
@@ -61,7 +91,15 @@ test-fast: $(STAMP) ## the tests without the end-to-end training runs
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 train-phi3: $(STAMP) ## Phi-3 tiny poetry model (recipes/phi3/poetry.yaml) -> runs/phi3/, train_phi3/train_log.md
-	$(PY) train_phi3/train.py $(or $(RECIPE),recipes/phi3/poetry.yaml) $(OVERRIDES) --publish-log train_phi3/train_log.md
+	$(LAUNCH) train_phi3/train.py $(or $(RECIPE),recipes/phi3/poetry.yaml) $(OVERRIDES) $(call publish,train_phi3)
+
+train-mixtral: $(STAMP) ## Mixtral MoE poetry (tiny config); RECIPE=recipes/mixtral/8x7b-zero3.yaml NPROC=8 for 8x7B
+	$(LAUNCH) train_mixtral/train.py $(or $(RECIPE),recipes/mixtral/poetry.yaml) $(OVERRIDES) \
+	  $(if $(RECIPE),,$(call publish,train_mixtral))
+
+estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no download: MODEL=mixtral-8x7b (or RECIPE=)
+	@test -n "$(or $(ESTIMATE_$(MODEL)),$(RECIPE))" || { echo "error: no estimate for MODEL=$(MODEL); pass RECIPE=<recipe.yaml>"; exit 2; }
+	$(PY) -m shared.estimate $(or $(RECIPE),$(ESTIMATE_$(MODEL)))
 
 generate: $(STAMP) ## generate with a trained model: MODEL=phi3|mixtral|... [PROMPT=...] [RUN=...]
 	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/generate.py" || { echo "error: unknown MODEL=$(MODEL)"; exit 2; }

@@ -62,9 +62,9 @@ def generation_config(preset: dict, tokenizer) -> GenerationConfig:
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     try:
         config = GenerationConfig(**kwargs)
-        config.validate(strict=True)
+        config.validate()  # flags that don't apply (length_penalty without beams) only warn
     except (ValueError, TypeError) as e:
-        raise UserError(f"generation preset: {str(e).splitlines()[0]}") from None
+        raise UserError(f"generation preset: {' '.join(str(e).split())}") from None
     return config
 
 

@@ -170,7 +170,8 @@ def precision(choice: str) -> dict:
             choice = "fp32"
     if choice == "fp16" and not torch.cuda.is_available():
         raise UserError("run.precision=fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
-    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+    # use_cpu on a machine without CUDA also makes torchrun / accelerate runs data-parallel over CPU processes (gloo)
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16", "use_cpu": not torch.cuda.is_available()}
 
 
 def training_arguments(recipe: Recipe, **fixed) -> TrainingArguments:

@@ -93,3 +93,5 @@ def test_make_passes_variables_to_the_recipe():
                          cwd=REPO, capture_output=True, text=True).stdout
     assert "training.num_train_epochs=1 training.learning_rate=5e-4 run.name=try warmup_steps=3" in out
     assert "--publish-log train_phi3/train_log.md" in out
+    out = subprocess.run(["make", "-n", "train-phi3", "PUBLISH=no"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "--publish-log" not in out
