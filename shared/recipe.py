@@ -45,6 +45,7 @@ def is_secret_key(key: object) -> bool:
 class ModelArgs:
     name: str  # folder under runs/ and the key `make generate MODEL=...` looks for
     config: str | None = None  # JSON model config (repo-relative path) or Hub id
+    config_fallback: str | None = None  # bundled JSON used when `config` is a Hub id and the Hub can't be reached
     overrides: dict = field(default_factory=dict)  # config fields that replace the JSON's
     init_from: str | None = None  # weights to start from (run folder, local path or Hub id); None = random init
     trust_remote_code: bool = False  # never on unless a recipe asks for it
@@ -361,6 +362,23 @@ def check_values(recipe: Recipe) -> None:
         raise bad("data.block_size", f"must be >= 2, got {d.block_size}")
     if recipe.tokenizer.vocab_size < 300:
         raise bad("tokenizer.vocab_size", f"must be >= 300 (256 bytes + specials), got {recipe.tokenizer.vocab_size}")
+    if recipe.generation:
+        from transformers import GenerationConfig
+
+        prompts = recipe.generation.get("prompts", [])
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise bad("generation.prompts", "must be a list of strings")
+        g = recipe.generation
+        for key, ok, rule in (("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+                              ("top_k", lambda v: v >= 0, ">= 0"), ("num_beams", lambda v: v >= 1, ">= 1"),
+                              ("repetition_penalty", lambda v: v > 0, "> 0"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
+                              ("max_length", lambda v: v >= 1, ">= 1")):
+            if key in g and not (isinstance(g[key], (int, float)) and not isinstance(g[key], bool) and ok(g[key])):
+                raise bad(f"generation.{key}", f"must be a number {rule}, got {g[key]!r}")
+        try:
+            GenerationConfig(**{k: v for k, v in g.items() if k not in ("prompts", "stream")}).validate()
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{recipe.where('generation')}: generation: {' '.join(str(e).split())}") from None
     if not re.fullmatch(r"[A-Za-z0-9._-]+", recipe.run.name):
         raise bad("run.name", f"must be letters, digits, '.', '_' or '-', got {recipe.run.name!r}")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", recipe.model.name):

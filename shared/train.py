@@ -10,6 +10,7 @@ Run layout:  runs/<model.name>/<run.name>/checkpoint-N/   resumable Trainer chec
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -23,9 +24,10 @@ import torch
 from datasets import Dataset
 from transformers import (AutoConfig, AutoModelForCausalLM, DataCollatorForLanguageModeling, PreTrainedModel,
                           Trainer, TrainerCallback, TrainingArguments)
+from transformers.trainer_utils import IntervalStrategy
 
 from .checkpoints import CompleteMarker, checkpoints, find_resume, is_complete
-from .data import Provenance, load_source, pack, split_train_eval, to_texts
+from .data import Provenance, hub_reachable, load_source, pack, split_train_eval, to_texts, warn_loudly
 from .errors import UserError
 from .recipe import Recipe, resolve_path
 from .runlog import RunLog, git_commit, hardware, now_utc, package_versions, redacted_command
@@ -76,22 +78,21 @@ def model_config(recipe: Recipe, tokenizer=None, **fixed):
     ref = recipe.model.config
     if ref is None:
         raise UserError(f"{recipe.where('model.config')}: model.config is required to build a model")
-    path = resolve_path(ref)
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{ref}:{e.lineno}: malformed JSON ({e.msg})") from None
-        if "model_type" not in data:
-            raise UserError(f"{ref}: the config needs a model_type (e.g. \"phi3\")")
-        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys document the file
-        config = AutoConfig.for_model(**data)
+    if resolve_path(ref).is_file():
+        config = config_from_json(ref)
     else:
-        try:
-            config = AutoConfig.from_pretrained(ref, trust_remote_code=recipe.model.trust_remote_code)
-        except Exception as e:
-            raise UserError(f"model.config: cannot load '{ref}' (not a file here, and the Hub said "
-                            f"{type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        reason = "the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE=1)"
+        config = None
+        if hub_reachable():
+            try:
+                config = AutoConfig.from_pretrained(ref, trust_remote_code=recipe.model.trust_remote_code)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        if config is None:
+            if not recipe.model.config_fallback:
+                raise UserError(f"model.config: cannot load '{ref}' (not a file here; {reason})")
+            warn_loudly(f"CONFIG FALLBACK: using {recipe.model.config_fallback} for '{ref}': {reason}")
+            config = config_from_json(recipe.model.config_fallback)
     for key, value in {**recipe.model.overrides, **fixed}.items():
         if not hasattr(config, key):
             raise UserError(f"{recipe.where('model.overrides')}: model.overrides.{key} is not a field of "
@@ -104,6 +105,22 @@ def model_config(recipe: Recipe, tokenizer=None, **fixed):
         config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     check_config(config, ref)
     return config
+
+
+def config_from_json(ref: str):
+    try:
+        data = json.loads(resolve_path(ref).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{ref}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except OSError:
+        raise UserError(f"model config not found: {ref}") from None
+    if "model_type" not in data:
+        raise UserError(f"{ref}: the config needs a model_type (e.g. \"phi3\")")
+    data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys document the file
+    try:
+        return AutoConfig.for_model(**data)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{ref}: {' '.join(str(e).split())[:200]}") from None
 
 
 def check_config(config, where: str) -> None:
@@ -124,7 +141,12 @@ def check_config(config, where: str) -> None:
 
 
 def build_model(recipe: Recipe, config) -> PreTrainedModel:
-    """Random init from `config`, or the weights of `model.init_from` (a run, a folder or a Hub id)."""
+    """Random init from `config`, or the weights of `model.init_from` (a run, a folder or a Hub id).
+
+    Create the TrainingArguments first (`training_arguments(recipe)`) and keep them: with a DeepSpeed ZeRO-3 config
+    they make `from_pretrained` / `from_config` build the model already sharded across the GPUs (zero.Init), which
+    is what lets a 46.7B model load at all.
+    """
     torch.manual_seed(recipe.training.get("seed", 42))
     if recipe.model.init_from:
         source = resolve_final(recipe.model.init_from)
@@ -189,16 +211,79 @@ def training_arguments(recipe: Recipe, **fixed) -> TrainingArguments:
 
 
 class NonFiniteLossGuard(TrainerCallback):
-    """Stop at the first NaN/inf loss (or gradient norm), naming the step and the last good checkpoint."""
+    """Stop at the first NaN/inf loss (or gradient norm), naming the step and the last good checkpoint.
+
+    The loss is only seen every `logging_steps`, so the weights are also checked at every save: a checkpoint with
+    NaN/inf weights is never marked complete (this callback runs before `CompleteMarker`), so `resume=auto` can't
+    pick it. (Sharded weights, ZeRO-3/FSDP: each rank checks what it holds.)
+    """
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "grad_norm", "eval_loss"):
             value = (logs or {}).get(key)
             if isinstance(value, float) and not math.isfinite(value):
-                good = [c for c in checkpoints(Path(args.output_dir)) if is_complete(c)]
-                keep = f"last good checkpoint {good[-1]} is kept" if good else "no checkpoint was saved yet"
-                raise UserError(f"non-finite {key} ({value}) at step {state.global_step}; {keep}. "
-                                f"Lower training.learning_rate, raise warmup_steps, or use bf16 instead of fp16")
+                raise UserError(self.message(f"{key} ({value})", state.global_step, args))
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if model is not None and not finite_weights(model):
+            raise UserError(self.message(f"weights (checkpoint-{state.global_step} is not marked complete)",
+                                         state.global_step, args))
+
+    @staticmethod
+    def message(what: str, step: int, args) -> str:
+        good = [c for c in checkpoints(Path(args.output_dir)) if c.name != f"checkpoint-{step}" and is_complete(c)]
+        keep = f"last good checkpoint {good[-1]} is kept" if good else "no checkpoint was saved yet"
+        return (f"non-finite {what} at step {step}; {keep}. Lower training.learning_rate, raise warmup_steps or use "
+                f"bf16 instead of fp16, and start over with run.resume=never (a resumed run keeps its checkpoint's "
+                f"learning-rate schedule)")
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p  # FSDP2 DTensor: this rank's shard
+        if not bool(torch.isfinite(local).all()):
+            return False
+    return True
+
+
+DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def is_disk_full(error: BaseException, folder: Path) -> bool:
+    """ENOSPC / EDQUOT, however the writer reports it: OSError (Python), SafetensorError "... (os error 28)" (Rust),
+    or torch.save's RuntimeError ("[enforce fail at inline_container.cc] unexpected pos ...", which carries no
+    errno; then the free space of `folder` decides)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if any(s in text for s in DISK_FULL_TEXT):
+            return True
+        if "inline_container" in text or "PytorchStreamWriter" in text:
+            try:
+                return shutil.disk_usage(folder).free < 64 * 2**20
+            except OSError:
+                return False
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_is_a_user_error(run_dir: Path):
+    """A full disk while saving (checkpoint, final/ or the log) -> one line naming the checkpoint that is intact."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        if not is_disk_full(e, run_dir):
+            raise
+        good = [c for c in checkpoints(run_dir) if is_complete(c)]
+        raise UserError(f"disk full while writing to {run_dir}; "
+                        + (f"the previous checkpoint {good[-1].name} is intact" if good else "no checkpoint was complete")
+                        + "; free space and rerun the same command to resume") from None
 
 
 def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Dataset, eval_dataset: Dataset | None,
@@ -209,7 +294,12 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
           publish_log: str | None = None) -> Trainer:
     """Train with resume, save the final HF folder atomically, write the run log; returns the Trainer."""
     run_dir = recipe.run_dir
-    args = args or training_arguments(recipe, **({} if eval_dataset is not None else {"eval_strategy": "no"}))
+    args = args or training_arguments(recipe)
+    if eval_dataset is None:
+        args.eval_strategy = IntervalStrategy.NO
+    if getattr(args, "hub_token", None):  # the Trainer pickles args into every checkpoint (training_args.bin):
+        os.environ["HF_TOKEN"] = args.hub_token  # hand the token to the Hub client through the environment instead
+        args.hub_token = None  # (train_log.md redacts secret variables' values)
     resume = find_resume(run_dir, recipe.run.resume, is_main=args.process_index == 0)
     runlog = RunLog(title, {
         "date": now_utc(), "git commit": git_commit(), "command": f"`{redacted_command()}`",
@@ -222,19 +312,12 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
         data_collator = lm_collator(tokenizer)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                           data_collator=data_collator, processing_class=tokenizer,
-                          callbacks=[CompleteMarker(), NonFiniteLossGuard(), runlog, *(callbacks or [])],
+                          callbacks=[NonFiniteLossGuard(), CompleteMarker(), runlog, *(callbacks or [])],  # guard first
                           **(trainer_kwargs or {}))
     if resume:
         print(f"resume: continuing from {resume}", flush=True)
-    try:
+    with disk_full_is_a_user_error(run_dir):
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            good = [c for c in checkpoints(run_dir) if is_complete(c)]
-            raise UserError(f"disk full while writing to {run_dir}; "
-                            + (f"the previous checkpoint {good[-1].name} is intact" if good else "no checkpoint was complete")
-                            + "; free space and rerun the same command to resume") from None
-        raise
     metrics = trainer.evaluate() if eval_dataset is not None else {}
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
@@ -244,7 +327,8 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
     sync = ranks_in_sync(trainer)
     if sync:
         runlog.facts["ranks in sync"] = sync
-    final = save_final(trainer, tokenizer, recipe)
+    with disk_full_is_a_user_error(run_dir):
+        final = save_final(trainer, tokenizer, recipe)
     if trainer.is_world_process_zero():
         for heading, body in (extra_sections(trainer.model) if extra_sections else []):
             runlog.add_section(heading, body)
@@ -252,7 +336,8 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
             model.eval()
             runlog.add_section("Samples (the model's generation preset)", samples(trainer.model, tokenizer))
         runlog.add_section("Resolved recipe", f"```yaml\n{recipe.to_yaml()}```")
-        log = runlog.write(final)
+        with disk_full_is_a_user_error(run_dir):
+            log = runlog.write(final)
         print(f"\nrun saved: {final}\nlog: {log}", flush=True)
         if publish_log:
             dest = resolve_path(publish_log)

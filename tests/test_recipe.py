@@ -77,6 +77,9 @@ def test_scientific_notation_string_is_read_as_float(tmp_path):
     (BASE, ["validation_fraction=1.5"], r"data\.validation_fraction must be in \[0, 1\)"),
     (BASE, ["run.precision=fp8"], r"run\.precision must be one of auto, bf16, fp16, fp32"),
     (BASE, ["num_train_epochs"], r"is not key=value"),
+    (BASE, ["generation.temperature=0"], r"generation\.temperature must be a number > 0, got 0"),
+    (BASE, ["generation.top_p=1.5"], r"generation\.top_p must be a number in \(0, 1\]"),
+    (BASE, ["generation.prompts=春天"], r"generation\.prompts must be a list of strings"),
     (BASE.replace("  num_train_epochs: 3", "  num_train_epochs: [3"), [], r"r\.yaml:\d+: invalid YAML"),
     ("model:\n  config: x.json\n", [], r"needs model\.name"),
 ])

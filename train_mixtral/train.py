@@ -17,7 +17,8 @@ from shared.errors import run_main
 
 
 def main(argv):
-    recipe, args = cli.parse(argv, "recipes/mixtral/poetry.yaml", __doc__.splitlines()[0])
+    recipe, opts = cli.parse(argv, "recipes/mixtral/poetry.yaml", __doc__.splitlines()[0])
+    args = train.training_arguments(recipe)  # first: under ZeRO-3 they shard the model as it is built
     data = train.lm_data(recipe)
     config = train.model_config(recipe, data.tokenizer, output_router_logits=True)
     model = train.build_model(recipe, config)
@@ -25,7 +26,7 @@ def main(argv):
     print(f"Mixtral parameters: {train.describe_parameters(model)}  "
           f"({config.num_local_experts} experts, {config.num_experts_per_tok} per token, vocab {config.vocab_size})")
     train.train(
-        recipe, model, data.tokenizer, data.train, data.eval,
+        recipe, model, data.tokenizer, data.train, data.eval, args=args,
         title="Mixtral MoE poetry model: train log", trainer_cls=moe.MoETrainer,
         facts={"data": data.data.describe(), "data split": "; ".join(data.data.notes),
                "tokenizer": data.tokenizer_source.describe(),
@@ -34,7 +35,7 @@ def main(argv):
         extra_sections=lambda m: [("Expert load after training (validation tokens)",
                                    moe.expert_load_markdown(moe.expert_load(m, data.eval or data.train)))],
         samples=lambda m, tok: generate.samples_markdown(m, tok, recipe.generation),
-        publish_log=args.publish_log,
+        publish_log=opts.publish_log,
     )
 
 

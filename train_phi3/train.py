@@ -17,18 +17,19 @@ from shared.errors import run_main
 
 
 def main(argv):
-    recipe, args = cli.parse(argv, "recipes/phi3/poetry.yaml", __doc__.splitlines()[0])
+    recipe, opts = cli.parse(argv, "recipes/phi3/poetry.yaml", __doc__.splitlines()[0])
+    args = train.training_arguments(recipe)  # first: under ZeRO-3 they shard the model as it is built
     data = train.lm_data(recipe)
     config = train.model_config(recipe, data.tokenizer)
     model = train.build_model(recipe, config)
     print(f"Phi-3 parameters: {train.describe_parameters(model)}  (vocab {config.vocab_size})")
     train.train(
-        recipe, model, data.tokenizer, data.train, data.eval,
+        recipe, model, data.tokenizer, data.train, data.eval, args=args,
         title="Phi-3 tiny poetry model: train log",
         facts={"data": data.data.describe(), "data split": "; ".join(data.data.notes),
                "tokenizer": data.tokenizer_source.describe()},
         samples=lambda m, tok: generate.samples_markdown(m, tok, recipe.generation),
-        publish_log=args.publish_log,
+        publish_log=opts.publish_log,
     )
 
 
