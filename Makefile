@@ -67,7 +67,7 @@ export TOKENIZERS_PARALLELISM   := false
 export PYTHONUNBUFFERED         := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train-phi3 train-mixtral generate estimate clean-runs
+.PHONY: help setup test test-fast train-phi3 train-mixtral generate estimate bench clean-runs
 
 help: ## list the targets
 	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT):"
@@ -104,6 +104,9 @@ estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no downl
 generate: $(STAMP) ## generate with a trained model: MODEL=phi3|mixtral|... [PROMPT=...] [RUN=...]
 	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/generate.py" || { echo "error: unknown MODEL=$(MODEL)"; exit 2; }
 	$(PY) $(MODEL_DIR)/generate.py $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(ARGS)
+
+bench: $(STAMP) ## training throughput + peak memory of each recipe's model on this machine (synthetic tokens)
+	$(PY) -m shared.bench $(or $(RECIPE),recipes/phi3/poetry.yaml recipes/mixtral/poetry.yaml) $(ARGS)
 
 clean-runs: ## delete runs/ (checkpoints and trained models)
 	rm -rf runs

@@ -79,10 +79,11 @@ def find_resume(run_dir: Path, policy: str, is_main: bool = True) -> Path | None
     found = None
     for folder in reversed(checkpoints(run_dir)):
         if is_complete(folder):
-            found = folder
-            break
-        if is_main:
-            print(f"resume: removing incomplete {folder.name} (the previous run died while saving it)", flush=True)
+            found = found or folder
+        elif is_main:  # older ones too: one the Trainer's rotation was deleting when the run died looks newest by
+            # mtime, and the next rotation would delete a complete checkpoint instead of it
+            print(f"resume: removing incomplete {folder.name} (the previous run died while writing or deleting it)",
+                  flush=True)
             shutil.rmtree(folder, ignore_errors=True)
     return found
 

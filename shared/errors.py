@@ -31,8 +31,20 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
     except UserError as e:
         if debug:
             raise
+        close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
+        close_progress_bars()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def close_progress_bars() -> None:
+    """A run stopped mid-epoch leaves tqdm's bar open: close it, or `error:` lands at the end of the bar's line."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # never hide the error behind a progress-bar problem
+            pass

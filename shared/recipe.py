@@ -305,7 +305,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
     for text_override in overrides or []:
         key, value = parse_override(text_override)
+        sub = None
+        if key.count(".") >= 2 and key.split(".")[0] in SECTION_TYPES:  # model.overrides.hidden_size=64
+            key, sub = key.rsplit(".", 1) if key.count(".") == 2 else (key, None)
         section, name = _resolve_key(key, known, f"override '{text_override}'")
+        if sub is not None:
+            current = sections.setdefault(section, {}).get(name) or {}
+            if not isinstance(current, dict) or typing.get_type_hints(SECTION_TYPES[section])[name] not in (dict, dict | None):
+                raise UserError(f"override '{text_override}': {section}.{name} is not a mapping")
+            value = {**current, sub: value}
         sections.setdefault(section, {})[name] = value
         lines.pop(f"{section}.{name}", None)  # the value no longer comes from the file
 

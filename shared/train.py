@@ -364,7 +364,7 @@ def apply_lora(recipe: Recipe, model: PreTrainedModel) -> PreTrainedModel:
         config = LoraConfig(task_type="CAUSAL_LM", **recipe.model.lora)
     except TypeError as e:
         raise UserError(f"{recipe.where('model.lora')}: model.lora: {e}") from None
-    if recipe.training.get("gradient_checkpointing"):
+    if recipe.training.get("activation_checkpointing"):
         model.enable_input_require_grads()
     return get_peft_model(model, config)
 

@@ -60,6 +60,15 @@ def test_overrides_dotted_and_bare_keys_with_yaml_values(tmp_path):
     assert r.run_dir.parts[-2:] == ("demo", "x1")
 
 
+def test_dotted_override_sets_one_entry_of_a_mapping(tmp_path):
+    r = load_recipe(write(tmp_path, BASE), ["model.overrides.hidden_size=64", "model.overrides.num_hidden_layers=2",
+                                            "model.lora.r=4", "data.columns.title=name"])
+    assert r.model.overrides == {"hidden_size": 64, "num_hidden_layers": 2}
+    assert r.model.lora == {"r": 4} and r.data.columns == {"title": "name"}
+    with pytest.raises(UserError, match="run.name is not a mapping"):
+        load_recipe(write(tmp_path, BASE), ["run.name.x=1"])
+
+
 def test_scientific_notation_string_is_read_as_float(tmp_path):
     r = load_recipe(write(tmp_path, BASE.replace("1.0e-3", "1e-3")))  # YAML 1.1 reads 1e-3 as a string
     assert r.training["learning_rate"] == pytest.approx(1e-3)
