@@ -67,7 +67,7 @@ export TOKENIZERS_PARALLELISM   := false
 export PYTHONUNBUFFERED         := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train-phi3 train-mixtral generate estimate bench clean-runs
+.PHONY: help setup test test-fast train-phi3 train-mixtral generate estimate data-card bench clean-runs
 
 help: ## list the targets
 	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT):"
@@ -100,6 +100,9 @@ train-mixtral: $(STAMP) ## Mixtral MoE poetry (tiny config); RECIPE=recipes/mixt
 estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no download: MODEL=mixtral-8x7b (or RECIPE=)
 	@test -n "$(or $(ESTIMATE_$(MODEL)),$(RECIPE))" || { echo "error: no estimate for MODEL=$(MODEL); pass RECIPE=<recipe.yaml>"; exit 2; }
 	$(PY) -m shared.estimate $(or $(RECIPE),$(ESTIMATE_$(MODEL)))
+
+data-card: $(STAMP) ## regenerate data/README.md's data card (counts, sizes, sha256) from the files
+	$(PY) -m shared.datacard
 
 generate: $(STAMP) ## generate with a trained model: MODEL=phi3|mixtral|... [PROMPT=...] [RUN=...]
 	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/generate.py" || { echo "error: unknown MODEL=$(MODEL)"; exit 2; }
