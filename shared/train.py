@@ -238,6 +238,20 @@ class NonFiniteLossGuard(TrainerCallback):
                 f"learning-rate schedule)")
 
 
+class RunFinished(Exception):
+    """Raised by `StopIfFinished` before the training loop; `train()` catches it."""
+
+
+class StopIfFinished(TrainerCallback):
+    """Resuming from a checkpoint already at max_steps (a run killed while writing final/, or rerun when done):
+    the Trainer would still take one more optimizer step (it checks max_steps after a step, and with any schedule
+    but one that ends at lr 0 that changes the weights), so stop before the loop; the weights are already loaded."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise RunFinished
+
+
 def finite_weights(model: torch.nn.Module) -> bool:
     for p in model.parameters():
         local = p.to_local() if hasattr(p, "to_local") else p  # FSDP2 DTensor: this rank's shard
@@ -312,12 +326,19 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
         data_collator = lm_collator(tokenizer)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                           data_collator=data_collator, processing_class=tokenizer,
-                          callbacks=[NonFiniteLossGuard(), CompleteMarker(), runlog, *(callbacks or [])],  # guard first
+                          callbacks=[NonFiniteLossGuard(), CompleteMarker(), runlog, StopIfFinished(),  # guard first
+                                     *(callbacks or [])],
                           **(trainer_kwargs or {}))
     if resume:
         print(f"resume: continuing from {resume}", flush=True)
     with disk_full_is_a_user_error(run_dir):
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except RunFinished:
+            trainer.is_in_train = False
+            runlog.log_history = list(trainer.state.log_history)
+            print(f"resume: {resume.name} is already at max_steps={trainer.state.max_steps}, nothing left to train "
+                  f"(run.resume=never starts over)", flush=True)
     metrics = trainer.evaluate() if eval_dataset is not None else {}
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
@@ -327,17 +348,17 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
     sync = ranks_in_sync(trainer)
     if sync:
         runlog.facts["ranks in sync"] = sync
+    # every rank runs these: under ZeRO-3 each forward pass gathers the sharded weights collectively
+    for heading, body in (extra_sections(trainer.model) if extra_sections else []):
+        runlog.add_section(heading, body)
+    if samples is not None:
+        trainer.model.eval()
+        runlog.add_section("Samples (the model's generation preset)", samples(trainer.model, tokenizer))
+    runlog.add_section("Resolved recipe", f"```yaml\n{recipe.to_yaml()}```")
     with disk_full_is_a_user_error(run_dir):
-        final = save_final(trainer, tokenizer, recipe)
+        final = save_final(trainer, tokenizer, recipe, runlog)
     if trainer.is_world_process_zero():
-        for heading, body in (extra_sections(trainer.model) if extra_sections else []):
-            runlog.add_section(heading, body)
-        if samples is not None:
-            model.eval()
-            runlog.add_section("Samples (the model's generation preset)", samples(trainer.model, tokenizer))
-        runlog.add_section("Resolved recipe", f"```yaml\n{recipe.to_yaml()}```")
-        with disk_full_is_a_user_error(run_dir):
-            log = runlog.write(final)
+        log = final / "train_log.md"
         print(f"\nrun saved: {final}\nlog: {log}", flush=True)
         if publish_log:
             dest = resolve_path(publish_log)
@@ -390,8 +411,9 @@ def ranks_in_sync(trainer: Trainer) -> str | None:
     return f"{len(sums)} ranks, identical weights (sha256 {sums[0][:16]})"
 
 
-def save_final(trainer: Trainer, tokenizer, recipe: Recipe) -> Path:
-    """Write final/ under a temporary name and swap it in, so a crash never leaves a half-written final model."""
+def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | None = None) -> Path:
+    """Write final/ (model, tokenizer, recipe, log) under a temporary name and swap it in, so a crash never leaves
+    a half-written final model, or one without its log."""
     run_dir = recipe.run_dir
     tmp, final, old = run_dir / ".final-tmp", run_dir / "final", run_dir / ".final-old"
     if trainer.is_world_process_zero():
@@ -401,6 +423,8 @@ def save_final(trainer: Trainer, tokenizer, recipe: Recipe) -> Path:
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(tmp))
         (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        if runlog is not None:
+            runlog.write(tmp)
         for junk in ("training_args.bin",):  # pickled; the resolved recipe.yaml says the same, safely
             (tmp / junk).unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
