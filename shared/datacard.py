@@ -22,7 +22,6 @@ import argparse
 import difflib
 import functools
 import hashlib
-import json
 import re
 import sys
 from collections import Counter
