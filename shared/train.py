@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 from datasets import Dataset
 from transformers import (AutoConfig, AutoModelForCausalLM, DataCollatorForLanguageModeling, PreTrainedModel,
                           Trainer, TrainingArguments)
@@ -224,6 +225,11 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
         os.environ["HF_TOKEN"] = args.hub_token  # hand the token to the Hub client through the environment instead
         args.hub_token = None  # (train_log.md redacts secret variables' values)
     resume = find_resume(run_dir, recipe.run.resume, is_main=args.process_index == 0)
+    if resume:
+        check_same_recipe(recipe, run_dir / RUN_RECIPE)
+    if args.process_index == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_RECIPE).write_text(recipe.to_yaml(), encoding="utf-8")
     runlog = RunLog(title, {
         "date": now_utc(), "git commit": git_commit(), "command": f"`{redacted_command()}`",
         "hardware": hardware() + (f", {args.world_size} processes" if args.world_size > 1 else ""),
@@ -277,6 +283,36 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
                 shutil.copyfile(final / "loss.png", dest.with_name("loss.png"))
             print(f"reference log published: {dest}", flush=True)
     return trainer
+
+
+RUN_RECIPE = "recipe.yaml"  # the recipe the run's checkpoints were trained with
+# what may change between a run and its resumption: how long, how often to log/evaluate/save, how to sample
+RESUMABLE = ("training.num_train_epochs", "training.max_steps", "training.logging_steps", "training.logging_first_step",
+             "training.eval_steps", "training.eval_strategy", "training.save_steps", "training.save_strategy",
+             "training.save_total_limit", "training.per_device_eval_batch_size", "training.report_to",
+             "training.disable_tqdm", "training.dataloader_num_workers", "run.resume", "run.output_root", "generation")
+
+
+def check_same_recipe(recipe: Recipe, saved: Path) -> None:
+    """Resuming with another model, tokenizer, data or optimiser setting would fail deep in the Trainer (shape
+    mismatch) or, worse, silently mix two runs: name what changed and how to start over instead."""
+    if not saved.is_file():
+        return
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) and key.count(".") < 1 else {key: v})
+        return out
+
+    before, now = flat(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}), flat(recipe.to_dict())
+    changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE)]
+    if changed:
+        raise UserError(f"{saved.parent} was trained with another recipe ({'; '.join(changed[:4])}"
+                        f"{'; ...' if len(changed) > 4 else ''}); its checkpoints can't continue this run: "
+                        f"start over with RESUME=never (run.resume=never) or pick another RUN=<name>")
 
 
 def lm_collator(tokenizer):

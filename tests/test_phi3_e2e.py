@@ -69,6 +69,17 @@ def test_rerun_resumes_instead_of_starting_over(trained):
     assert max(e["step"] for e in log_history(run_dir)) == 32
 
 
+def test_rerun_with_an_incompatible_recipe_says_what_changed(trained):
+    root, run_dir, _ = trained
+    args = [a.replace("tokenizer.vocab_size=600", "tokenizer.vocab_size=700") for a in TINY_PHI3]
+    proc = run(["train_phi3/train.py", *args, "training.max_steps=34", "run.name=e2e", f"run.output_root={root}"],
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "was trained with another recipe (tokenizer.vocab_size: 600 -> 700)" in proc.stderr
+    assert "RESUME=never" in proc.stderr
+    assert max(e["step"] for e in log_history(run_dir)) == 32  # nothing was trained or overwritten
+
+
 @pytest.mark.parametrize("args, message", [
     (["train_phi3/train.py", "training.num_train_epoch=1"], "unknown key 'training.num_train_epoch'"),
     (["train_phi3/train.py", "model.overrides={num_attention_heads: 7}"], "num_attention_heads=7 does not divide hidden_size=512"),
