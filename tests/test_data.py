@@ -25,6 +25,13 @@ def test_jsonl_txt_json_and_folder(tmp_path):
     assert sorted(D.load_local(tmp_path)["text"]) == sorted(["一", "二", "第一段\n还是第一段", "第二段", "三"])
 
 
+def test_parquet_and_csv_through_datasets(tmp_path):
+    Dataset.from_list([{"text": "甲"}, {"text": "乙"}]).to_parquet(str(tmp_path / "a.parquet"))
+    (tmp_path / "b.csv").write_text("text\n丙\n", encoding="utf-8")
+    assert list(D.load_local(tmp_path / "a.parquet")["text"]) == ["甲", "乙"]
+    assert sorted(D.load_local(tmp_path)["text"]) == ["丙", "乙", "甲"]
+
+
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"text": "ok"}\n\n{"text": "broken"\n', encoding="utf-8")
