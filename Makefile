@@ -84,7 +84,7 @@ $(STAMP): requirements.txt constraints.txt
 	$(PY) -c "import torch, transformers, datasets, trl, accelerate, deepspeed, peft, gradio, faiss, langchain; print('slm setup ok: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
 	@touch $@
 
-test: $(STAMP) ## run the test suite offline (HF_HUB_OFFLINE=1), ~10 min on 2 CPU cores
+test: $(STAMP) ## run the test suite offline (HF_HUB_OFFLINE=1), ~5 min on 2 CPU cores
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the tests without the end-to-end training runs

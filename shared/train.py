@@ -26,9 +26,9 @@ from transformers import (AutoConfig, AutoModelForCausalLM, DataCollatorForLangu
 from transformers.trainer_utils import IntervalStrategy
 
 from .checkpoints import CompleteMarker, find_resume
-from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
 from .data import Provenance, hub_reachable, load_source, pack, split_train_eval, to_texts, warn_loudly
 from .errors import UserError
+from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
 from .recipe import Recipe, resolve_path
 from .runlog import RunLog, git_commit, hardware, now_utc, package_versions, redacted_command
 from .tokenizer import TokenizerProvenance, load_tokenizer
