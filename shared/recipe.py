@@ -57,7 +57,7 @@ class TokenizerArgs:
     name: str | None = None  # Hub id or local folder
     fallback: str = "bpe"  # "bpe": train a byte-level BPE on the run's corpus when `name` can't load; "none": fail
     vocab_size: int = 8000  # size of the fallback tokenizer
-    min_frequency: int = 2
+    min_frequency: int = 1  # 1: every character of a small corpus gets its token (vocab_size still caps merges)
 
 
 @dataclass

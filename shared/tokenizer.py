@@ -23,6 +23,7 @@ from .recipe import TokenizerArgs, resolve_path
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = [EOS, PAD]
+CJK = r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]"  # CJK unified ideographs (+ext.)
 
 
 @dataclass
@@ -68,10 +69,16 @@ def load_tokenizer(spec: TokenizerArgs, texts: Dataset | None, corpus_fingerprin
 
 def train_bpe(batches, vocab_size: int, min_frequency: int, folder: Path) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE (like GPT-2's: any text round-trips exactly) and save it atomically to `folder`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Each CJK character is its own pre-token, so merges never cross characters: Chinese becomes one token per
+    # character seen in the corpus (as with the char-level Chinese BERT vocabularies), never a fragment of one,
+    # while other scripts get GPT-2-style word pieces. Byte level underneath: any text still round-trips exactly.
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CJK), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -47,3 +47,11 @@ def test_local_tokenizer_folder_loads(tmp_path):
     tok.save_pretrained(str(tmp_path / "saved"))
     again, prov = load_tokenizer(TokenizerArgs(name=str(tmp_path / "saved")), None, "", tmp_path)
     assert not prov.fallback and again("春天")["input_ids"] == tok("春天")["input_ids"]
+
+
+def test_fallback_is_one_token_per_chinese_character(tmp_path):
+    tok, _ = load_tokenizer(TokenizerArgs(vocab_size=2000), TEXTS, "fp-cjk", tmp_path)
+    for text in ["春天来了", "夜晚的城市灯"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert [tok.decode([i]) for i in ids] == list(text)  # no merges across characters, no byte fragments
+    assert len(tok("English words", add_special_tokens=False)["input_ids"]) <= 4  # other scripts: word pieces
