@@ -54,4 +54,4 @@ def test_fallback_is_one_token_per_chinese_character(tmp_path):
     for text in ["春天来了", "夜晚的城市灯"]:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert [tok.decode([i]) for i in ids] == list(text)  # no merges across characters, no byte fragments
-    assert len(tok("Mixed English", add_special_tokens=False)["input_ids"]) <= 3  # other scripts: word pieces
+    assert len(tok("Mixed English", add_special_tokens=False)["input_ids"]) < len("Mixed English")  # merged pieces
