@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from .errors import UserError, run_main
 from .recipe import load_recipe
-from .train import model_config
+from .train import apply_lora, model_config
 
 GPUS = (1, 2, 4, 8, 16)
 GPUS_PER_NODE = 8
@@ -29,11 +29,7 @@ GIB = 2 ** 30
 def meta_model(recipe):
     config = model_config(recipe)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    if recipe.model.lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **recipe.model.lora))
+        model = apply_lora(recipe, AutoModelForCausalLM.from_config(config))
     return model, config
 
 

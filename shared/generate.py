@@ -15,9 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from . import REPO_ROOT
 from .errors import UserError
-from .recipe import parse_override, resolve_path
-
-NOT_GENERATION = {"prompts", "stream"}
+from .recipe import PRESET_ONLY, parse_override, resolve_path
 
 
 def find_run(model: str, run: str | None = None, root: str | Path = "runs") -> Path:
@@ -57,7 +55,7 @@ def context_length(config) -> int | None:
 
 
 def generation_config(preset: dict, tokenizer) -> GenerationConfig:
-    kwargs = {k: v for k, v in preset.items() if k not in NOT_GENERATION}
+    kwargs = {k: v for k, v in preset.items() if k not in PRESET_ONLY}
     kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     try:

@@ -85,6 +85,7 @@ class RunArgs:
 
 SECTION_TYPES = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataArgs, "run": RunArgs}
 FREE_SECTIONS = ("training", "generation", "extra")
+PRESET_ONLY = ("prompts",)  # generation keys that are ours, not GenerationConfig fields
 ALL_SECTIONS = tuple(SECTION_TYPES) + FREE_SECTIONS
 CHOICES = {
     ("tokenizer", "fallback"): ("bpe", "none"),
@@ -147,7 +148,7 @@ def _training_fields() -> dict[str, Any]:
 def _generation_fields() -> set[str]:
     from transformers import GenerationConfig
 
-    return set(GenerationConfig().to_dict()) | {"prompts", "stream", "max_new_tokens", "min_new_tokens"}
+    return set(GenerationConfig().to_dict()) | {*PRESET_ONLY, "max_new_tokens", "min_new_tokens"}
 
 
 def _accepts(tp: Any, value: Any) -> bool:
@@ -306,8 +307,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for text_override in overrides or []:
         key, value = parse_override(text_override)
         sub = None
-        if key.count(".") >= 2 and key.split(".")[0] in SECTION_TYPES:  # model.overrides.hidden_size=64
-            key, sub = key.rsplit(".", 1) if key.count(".") == 2 else (key, None)
+        if key.count(".") == 2 and key.split(".")[0] in SECTION_TYPES:  # model.overrides.hidden_size=64
+            key, sub = key.rsplit(".", 1)
         section, name = _resolve_key(key, known, f"override '{text_override}'")
         if sub is not None:
             current = sections.setdefault(section, {}).get(name) or {}
@@ -384,7 +385,7 @@ def check_values(recipe: Recipe) -> None:
             if key in g and not (isinstance(g[key], (int, float)) and not isinstance(g[key], bool) and ok(g[key])):
                 raise bad(f"generation.{key}", f"must be a number {rule}, got {g[key]!r}")
         try:
-            GenerationConfig(**{k: v for k, v in g.items() if k not in ("prompts", "stream")}).validate()
+            GenerationConfig(**{k: v for k, v in g.items() if k not in PRESET_ONLY}).validate()
         except (ValueError, TypeError) as e:
             raise UserError(f"{recipe.where('generation')}: generation: {' '.join(str(e).split())}") from None
     if not re.fullmatch(r"[A-Za-z0-9._-]+", recipe.run.name):

@@ -10,7 +10,6 @@ import datetime as dt
 import math
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -197,8 +196,3 @@ class RunLog(TrainerCallback):
 
 def now_utc() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def sanitize_text(text: str) -> str:
-    """Markdown-safe single block for samples (keep newlines, escape nothing else)."""
-    return re.sub(r"\n{3,}", "\n\n", text.strip())
