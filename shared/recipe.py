@@ -8,8 +8,12 @@ A recipe has these sections (all optional except `model`):
     training:   any `transformers.TrainingArguments` field
     generation: prompts + any `transformers.GenerationConfig` field (the model's decoding preset)
     run:        run name, output root, resume policy, precision
-    extra:      free-form settings for one recipe's own script (e.g. DPO beta); validated by that script
+    stage:      settings of a stage that is not a trainer (cleaning, tokenizer, bins, RAG...), validated against
+                the dataclass that stage's script declares
+    trainer:    (a scalar) lm | sft | dpo: transformers.Trainer, trl.SFTTrainer or trl.DPOTrainer; `training` is
+                then validated against TrainingArguments, trl.SFTConfig or trl.DPOConfig
 
+A key written twice in one mapping is an error naming both lines (YAML would silently keep the last one).
 Overrides are `key=value` strings: `training.num_train_epochs=1`, or just `num_train_epochs=1` when the key name
 is unique across sections. Values are parsed as YAML (`1`, `1e-4`, `true`, `[a, b]`, `null`). Unknown or mistyped
 keys and wrong types are errors that name the file, the line and the key.
@@ -84,9 +88,11 @@ class RunArgs:
 
 
 SECTION_TYPES = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataArgs, "run": RunArgs}
-FREE_SECTIONS = ("training", "generation", "extra")
-PRESET_ONLY = ("prompts",)  # generation keys that are ours, not GenerationConfig fields
-ALL_SECTIONS = tuple(SECTION_TYPES) + FREE_SECTIONS
+FREE_SECTIONS = ("training", "generation", "stage")  # checked against TrainingArguments/SFTConfig/DPOConfig,
+#                                                      GenerationConfig, and the stage script's own dataclass
+PRESET_ONLY = ("prompts", "chat_format")  # generation keys that are ours, not GenerationConfig fields
+ALL_SECTIONS = ("trainer",) + tuple(SECTION_TYPES) + FREE_SECTIONS
+TRAINER_KINDS = ("lm", "sft", "dpo")  # transformers.Trainer, trl.SFTTrainer, trl.DPOTrainer
 CHOICES = {
     ("tokenizer", "fallback"): ("bpe", "none"),
     ("run", "precision"): ("auto", "bf16", "fp16", "fp32"),
@@ -102,7 +108,8 @@ class Recipe:
     run: RunArgs
     training: dict
     generation: dict
-    extra: dict
+    stage: Any = None  # an instance of the stage script's dataclass (a plain dict when no class was given)
+    trainer: str = "lm"
     lines: dict = field(default_factory=dict, repr=False)  # "section.key" -> line number in the YAML
 
     def where(self, key: str) -> str:
@@ -116,8 +123,11 @@ class Recipe:
         return root / self.model.name / self.run.name
 
     def to_dict(self, redact: bool = True) -> dict:
-        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTION_TYPES}
-        out.update({name: dict(getattr(self, name)) for name in FREE_SECTIONS})
+        out: dict[str, Any] = {"trainer": self.trainer}
+        out.update({name: dataclasses.asdict(getattr(self, name)) for name in SECTION_TYPES})
+        out.update(training=dict(self.training), generation=dict(self.generation))
+        if self.stage is not None:
+            out["stage"] = dataclasses.asdict(self.stage) if dataclasses.is_dataclass(self.stage) else dict(self.stage)
         return redact_secrets(out) if redact else out
 
     def to_yaml(self) -> str:
@@ -138,17 +148,38 @@ def redact_secrets(obj: Any) -> Any:
 # type checking of values against dataclass annotations
 
 
-def _training_fields() -> dict[str, Any]:
+def training_config_class(kind: str) -> type:
+    """The config class that validates (and later receives) a recipe's `training` section."""
+    if kind == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    if kind == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig
     from transformers import TrainingArguments
 
-    hints = typing.get_type_hints(TrainingArguments)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainingArguments) if f.init}
+    return TrainingArguments
 
 
-def _generation_fields() -> set[str]:
+def dataclass_fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def generation_fields() -> set[str]:
     from transformers import GenerationConfig
 
     return set(GenerationConfig().to_dict()) | {*PRESET_ONLY, "max_new_tokens", "min_new_tokens"}
+
+
+def check_generation_keys(keys, where: str) -> None:
+    """A key GenerationConfig doesn't know (`temprature`) is an error with a did-you-mean, wherever it comes from."""
+    known = generation_fields()
+    for key in keys:
+        if key not in known:
+            raise UserError(f"{where}: unknown generation key '{key}'{_suggest(str(key), sorted(known))}")
 
 
 def _accepts(tp: Any, value: Any) -> bool:
@@ -206,14 +237,21 @@ def _coerce(tp: Any, value: Any) -> Any:
 # loading
 
 
-def _line_map(node: yaml.Node, prefix: str = "", out: dict | None = None) -> dict:
+def _line_map(node: yaml.Node, shown: str, prefix: str = "", out: dict | None = None) -> dict:
+    """"section.key" -> line number; a key written twice in one mapping is an error naming both lines."""
     out = {} if out is None else out
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            out[key] = key_node.start_mark.line + 1
-            if isinstance(value_node, yaml.MappingNode) and not prefix:
-                _line_map(value_node, key + ".", out)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise UserError(f"{shown}:{line}: duplicate key '{key}' (first at line {seen[key]}); "
+                                f"YAML would silently keep the last value: delete one of them")
+            seen[key] = line
+            out.setdefault(key, line)
+            if isinstance(value_node, yaml.MappingNode):  # nested mappings are checked for duplicates too
+                _line_map(value_node, shown, key + ".", out)
     return out
 
 
@@ -243,31 +281,26 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _resolve_key(key: str, known: dict[str, set[str]], where: str) -> tuple[str, str]:
     """`training.lr` -> (section, field); a bare field name must be unique across the sections."""
+    if key == "trainer":
+        return "trainer", ""
     if "." in key:
         section, name = key.split(".", 1)
         if section not in known:
             raise UserError(f"{where}: unknown section '{section}' in '{key}'{_suggest(section, list(known))}; "
-                            f"sections are {', '.join(known)}")
-        if section in ("generation", "extra") or name in known[section]:
+                            f"sections are {', '.join(ALL_SECTIONS)}")
+        if name in known[section]:
             return section, name
         raise UserError(f"{where}: unknown key '{key}'{_suggest(name, sorted(known[section]))}")
-    owners = [s for s, names in known.items() if key in names]
+    owners = [s for s, names in known.items() if not isinstance(names, _Anything) and key in names]
     if len(owners) == 1:
         return owners[0], key
     if len(owners) > 1:
         raise UserError(f"{where}: key '{key}' is ambiguous; write one of {', '.join(f'{s}.{key}' for s in owners)}")
-    every = sorted({f"{s}.{n}" for s, names in known.items() for n in names})
-    close = difflib.get_close_matches(key, [e.split(".", 1)[1] for e in every], n=1, cutoff=0.6)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise UserError(f"{where}: unknown key '{key}'{hint}")
+    every = sorted({n for names in known.values() if not isinstance(names, _Anything) for n in names})
+    raise UserError(f"{where}: unknown key '{key}'{_suggest(key, every)}")
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe YAML, apply `key=value` overrides, check every key and type; raise UserError otherwise."""
-    path = Path(path)
-    shown = _display(path)
-    if not path.is_file():
-        raise UserError(f"recipe not found: {shown}")
+def _read_yaml(path: Path, shown: str) -> tuple[dict, dict]:
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text)
@@ -278,19 +311,39 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise UserError(f"{shown}{line}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{shown}: a recipe is a mapping of sections ({', '.join(ALL_SECTIONS)})")
-    lines = _line_map(node) if node is not None else {}
+    return raw, (_line_map(node, shown) if node is not None else {})
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: type | None = None) -> Recipe:
+    """Read a recipe YAML, apply `key=value` overrides, check every key and type; raise UserError otherwise.
+
+    `stage`: the dataclass a non-training stage's script declares for the recipe's `stage:` section.
+    """
+    path = Path(path)
+    shown = _display(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {shown}")
+    raw, lines = _read_yaml(path, shown)
 
     def where(key: str) -> str:
         return f"{shown}:{lines[key]}" if key in lines else shown
 
-    training_fields = _training_fields()
+    overrides = [parse_override(o) + (o,) for o in overrides or []]
+    kind = next((v for k, v, _ in reversed(overrides) if k == "trainer"), raw.get("trainer", "lm"))
+    if kind not in TRAINER_KINDS:
+        raise UserError(f"{where('trainer')}: trainer must be one of {', '.join(TRAINER_KINDS)}, got {kind!r}")
+    training_cls = training_config_class(kind)
+    training_fields = dataclass_fields(training_cls)
+    stage_fields = dataclass_fields(stage) if stage is not None else None
     known: dict[str, set[str]] = {s: {f.name for f in dataclasses.fields(t)} for s, t in SECTION_TYPES.items()}
     known["training"] = set(training_fields)
-    known["generation"] = _generation_fields()
-    known["extra"] = set((raw.get("extra") or {}).keys())
+    known["generation"] = generation_fields()
+    known["stage"] = set(stage_fields) if stage_fields is not None else _Anything()  # checked by its script
 
     sections: dict[str, dict] = {}
     for section, body in raw.items():
+        if section == "trainer":
+            continue
         if section not in known:
             raise UserError(f"{where(section)}: unknown section '{section}'{_suggest(str(section), list(known))}; "
                             f"sections are {', '.join(ALL_SECTIONS)}")
@@ -299,17 +352,20 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         if not isinstance(body, dict):
             raise UserError(f"{where(section)}: section '{section}' must be a mapping of key: value")
         for key in body:
-            if section not in ("extra",) and key not in known[section]:
+            if key not in known[section]:
                 raise UserError(f"{where(f'{section}.{key}')}: unknown key '{section}.{key}'"
-                                f"{_suggest(str(key), sorted(known[section]))}")
+                                + (f" for trainer {kind} ({training_cls.__name__})"
+                                   if section == "training" and key in _other_trainers_fields(kind) else "")
+                                + _suggest(str(key), sorted(known[section])))
         sections[section] = dict(body)
 
-    for text_override in overrides or []:
-        key, value = parse_override(text_override)
+    for key, value, text_override in overrides:
         sub = None
         if key.count(".") == 2 and key.split(".")[0] in SECTION_TYPES:  # model.overrides.hidden_size=64
             key, sub = key.rsplit(".", 1)
         section, name = _resolve_key(key, known, f"override '{text_override}'")
+        if section == "trainer":
+            continue
         if sub is not None:
             current = sections.setdefault(section, {}).get(name) or {}
             if not isinstance(current, dict) or typing.get_type_hints(SECTION_TYPES[section])[name] not in (dict, dict | None):
@@ -321,10 +377,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if "model" not in sections or "name" not in sections["model"]:
         raise UserError(f"{shown}: the recipe needs model.name")
 
-    built: dict[str, Any] = {}
-    for section, cls in SECTION_TYPES.items():
-        body = sections.get(section, {})
-        hints = typing.get_type_hints(cls)
+    def typed(section: str, body: dict, hints: dict) -> dict:
         for key, value in list(body.items()):
             value = body[key] = _coerce(hints[key], value)
             if not _accepts(hints[key], value):
@@ -334,19 +387,33 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             if choices and value not in choices:
                 raise UserError(f"{where(f'{section}.{key}')}: {section}.{key} must be one of {', '.join(choices)}, "
                                 f"got {value!r}")
-        built[section] = cls(**body)
+        return body
 
-    training = sections.get("training", {})
-    for key, value in list(training.items()):
-        value = training[key] = _coerce(training_fields[key], value)
-        if not _accepts(training_fields[key], value):
-            raise UserError(f"{where(f'training.{key}')}: training.{key} must be {_type_name(training_fields[key])}, "
-                            f"got {value!r}")
-
-    recipe = Recipe(source=shown, training=training, generation=sections.get("generation", {}),
-                    extra=sections.get("extra", {}), lines=lines, **built)
+    built = {section: cls(**typed(section, sections.get(section, {}), typing.get_type_hints(cls)))
+             for section, cls in SECTION_TYPES.items()}
+    training = typed("training", sections.get("training", {}), training_fields)
+    if "output_dir" in training:
+        raise UserError(f"{where('training.output_dir')}: training.output_dir is not used: a run is written to "
+                        f"<run.output_root>/<model.name>/<run.name>/; set run.output_root and run.name (RUN=) instead")
+    stage_body = sections.get("stage")
+    if stage is not None:
+        stage_body = stage(**typed("stage", stage_body or {}, stage_fields))
+    recipe = Recipe(source=shown, training=training, generation=sections.get("generation", {}), stage=stage_body,
+                    trainer=kind, lines=lines, **built)
     check_values(recipe)
     return recipe
+
+
+class _Anything(set):
+    """The keys of a `stage:` section read without its script's dataclass (e.g. by `make generate`)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _other_trainers_fields(kind: str) -> set[str]:
+    """Fields another trainer kind has (a DPO key in an LM recipe): named as such in the error."""
+    return {name for other in TRAINER_KINDS if other != kind for name in dataclass_fields(training_config_class(other))}
 
 
 def check_values(recipe: Recipe) -> None:

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -137,6 +138,12 @@ class RunLog(TrainerCallback):
 
     def render(self, png_name: str | None = "loss.png") -> str:
         rows = self.rows()
+        if not rows:  # a stage that is not a trainer: header + sections
+            lines = [f"# {self.title}", "", "Written by `shared/runlog.py` from the run itself; regenerate it with the "
+                     "command below.", "", *[f"- **{k}**: {v}" for k, v in self.facts.items()]]
+            for heading, body in self.sections:
+                lines += ["", f"## {heading}", "", body.rstrip()]
+            return redact_env_values("\n".join(lines) + "\n")
         extra = sorted({k for r in rows for k, v in r.items()
                         if isinstance(v, (int, float)) and k not in STANDARD and k not in SKIP and k != "tokens/s"})
         cols = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens/s", *extra]
@@ -180,14 +187,14 @@ class RunLog(TrainerCallback):
         plt.close(fig)
         return True
 
-    def write(self, folder: Path) -> Path:
-        """Write train_log.md (+ loss.png) into `folder` via temporary names, so a crash leaves no half file."""
+    def write(self, folder: Path, name: str = "train_log.md") -> Path:
+        """Write `name` (+ loss.png) into `folder` via temporary names, so a crash leaves no half file."""
         folder.mkdir(parents=True, exist_ok=True)
         png = folder / "loss.png"
         has_png = self.plot(folder / ".loss.png.tmp")
         if has_png:
             os.replace(folder / ".loss.png.tmp", png)
-        target = folder / "train_log.md"
+        target = folder / name
         tmp = folder / ".train_log.md.tmp"
         tmp.write_text(self.render(png.name if has_png else None), encoding="utf-8")
         os.replace(tmp, target)
@@ -196,3 +203,28 @@ class RunLog(TrainerCallback):
 
 def now_utc() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def run_facts() -> dict[str, str]:
+    """What every log's header records: when, which commit, the command, the machine and the packages."""
+    return {"date": now_utc(), "git commit": git_commit(), "command": f"`{redacted_command()}`",
+            "hardware": hardware(), "packages": package_versions()}
+
+
+def publish(log: Path, dest: str | Path) -> Path:
+    """Copy a run's log (and its loss.png as `<stem>.png` beside it) to the model folder: the reference log.
+    `train_log.md` keeps the name `loss.png`; `<stage>_log.md` publishes `<stage>_loss.png`."""
+    from .recipe import resolve_path
+
+    dest = resolve_path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stem = dest.name.removesuffix("_log.md").removesuffix(".md")
+    png_name = "loss.png" if stem == "train" else f"{stem}_loss.png"
+    text = log.read_text(encoding="utf-8").replace("](loss.png)", f"]({png_name})")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, dest)
+    if log.with_name("loss.png").is_file():
+        shutil.copyfile(log.with_name("loss.png"), dest.with_name(png_name))
+    print(f"reference log published: {dest}", flush=True)
+    return dest

@@ -104,9 +104,9 @@ def test_missing_recipe_file(tmp_path):
 
 
 def test_saved_recipe_redacts_secrets(tmp_path):
-    r = load_recipe(write(tmp_path, BASE), ["training.hub_token=hf_abcdefghijklmnop", "extra.api_key=sk-123456"])
+    r = load_recipe(write(tmp_path, BASE), ["training.hub_token=hf_abcdefghijklmnop", "stage.api_key=sk-123456"])
     saved = yaml.safe_load(r.to_yaml())
-    assert saved["training"]["hub_token"] == REDACTED and saved["extra"]["api_key"] == REDACTED
+    assert saved["training"]["hub_token"] == REDACTED and saved["stage"]["api_key"] == REDACTED
     assert "hf_abcdefghijklmnop" not in r.to_yaml() and "sk-123456" not in r.to_yaml()
     assert saved["generation"]["temperature"] == 0.8  # ordinary keys untouched
 
