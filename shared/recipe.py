@@ -62,6 +62,7 @@ class TokenizerArgs:
     fallback: str = "bpe"  # "bpe": train a byte-level BPE on the run's corpus when `name` can't load; "none": fail
     vocab_size: int = 8000  # size of the fallback tokenizer
     min_frequency: int = 1  # 1: every character of a small corpus gets its token (vocab_size still caps merges)
+    special_tokens: list = field(default_factory=list)  # extra special tokens (e.g. <user>, <end>): never split
 
 
 @dataclass

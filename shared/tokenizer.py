@@ -46,7 +46,7 @@ def load_tokenizer(spec: TokenizerArgs, texts: Dataset | None, corpus_fingerprin
             try:
                 tok = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else spec.name,
                                                     trust_remote_code=trust_remote_code)
-                return _ensure_specials(tok), TokenizerProvenance(source=spec.name)
+                return with_specials(_ensure_specials(tok), spec), TokenizerProvenance(source=spec.name)
             except Exception as e:
                 reason = f"loading '{spec.name}' failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
         else:
@@ -62,7 +62,7 @@ def load_tokenizer(spec: TokenizerArgs, texts: Dataset | None, corpus_fingerprin
                     f"trained on this run's corpus")
     if not (folder / "tokenizer.json").is_file():
         train_bpe(corpus_iterator(texts), spec.vocab_size, spec.min_frequency, folder)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    tok = with_specials(PreTrainedTokenizerFast.from_pretrained(str(folder)), spec)
     return tok, TokenizerProvenance(source=f"byte-level BPE trained on the run's corpus (cache {key})",
                                     fallback=bool(spec.name), reason=reason)
 
@@ -91,6 +91,14 @@ def train_bpe(batches, vocab_size: int, min_frequency: int, folder: Path) -> Pre
         os.replace(tmp, folder)
     except OSError:  # another process won the race: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
+    return tok
+
+
+def with_specials(tok, spec: TokenizerArgs):
+    """The recipe's extra special tokens (chat markers such as <user>, <end>) as single, never-split tokens."""
+    missing = [t for t in spec.special_tokens if t not in tok.get_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     return tok
 
 
