@@ -46,12 +46,23 @@ LAUNCH = $(PY) -m torch.distributed.run --nproc_per_node $(NPROC) --nnodes $(NNO
 else
 $(error LAUNCHER must be torchrun, accelerate or deepspeed, got '$(LAUNCHER)')
 endif
-# the make targets publish each model's reference train_log.md into its folder; PUBLISH=no for scratch runs
+# the make targets publish each stage's reference log into its model folder (train_log.md for a model's main stage,
+# <stage>_log.md for the others); PUBLISH=no for scratch runs. A RECIPE= run never publishes.
 PUBLISH     ?= yes
-publish = $(if $(filter yes,$(PUBLISH)),--publish-log $(1)/train_log.md)
+publish = $(if $(and $(filter yes,$(PUBLISH)),$(if $(RECIPE),,yes)),--publish-log $(1))
+# $(call stage,<script>,<default recipe>,<published log>): one stage, under the chosen launcher, with the overrides
+stage = $(LAUNCH) $(1) $(or $(RECIPE),$(2)) $(OVERRIDES) $(call publish,$(3))
+# A stage's completed output is <run>/final/stage.json (written last). Later stages depend on it as a file target
+# (order-only: an existing result is reused, never retrained because of a timestamp); a missing one is built with
+# its recipe's defaults (no overrides: ARGS=... meant for the late stage do not leak into it).
+DONE        := final/stage.json
+define chain
+	@echo ">> $(1) is missing: building it first with $(2) (make $(3))"
+	$(PY) $(2) $(4)
+endef
 
 # make estimate MODEL=mixtral-8x7b: memory per GPU of these recipes under ZeRO-2 / ZeRO-3 / offload
-ESTIMATE_mixtral-8x7b := recipes/mixtral/8x7b-zero3.yaml recipes/mixtral/8x7b-lora.yaml
+ESTIMATE_mixtral-8x7b := recipes/mixtral/finetune-8x7b-zero3.yaml recipes/mixtral/finetune-8x7b-lora.yaml
 
 # generation: make generate MODEL=phi3 [PROMPT="春天来了，"] [RUN=poetry] [ARGS="temperature=0.7"]
 MODEL       ?= phi3
@@ -65,17 +76,23 @@ MODEL_DIR   = $(MODEL_DIR_$(MODEL))
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM   := false
 export PYTHONUNBUFFERED         := 1
+# user text goes to the scripts through the environment, byte for byte: no shell ever re-parses it
+export SLM_PROMPT   = $(value PROMPT)
+export SLM_QUESTION = $(value QUESTION)
+export SLM_RUN      = $(value RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train-phi3 train-mixtral generate estimate data-card bench clean-runs
+.PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs
 
 help: ## list the targets
-	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT):"
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PUBLISH):"
+	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(STAMP) ## create .venv and install the pinned dependencies (quick when nothing changed)
+##@ Set-up and tests
 
-$(STAMP): requirements.txt constraints.txt
+setup: $(STAMP) ## create .venv and install the pinned dependencies + slm (editable; quick when nothing changed)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "slm needs Python >= 3.11 (PYTHON=$(PYTHON) is older)")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -85,32 +102,37 @@ $(STAMP): requirements.txt constraints.txt
 	$(PY) -c "import torch, transformers, datasets, trl, accelerate, deepspeed, peft, gradio, faiss, langchain; print('slm setup ok: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
 	@touch $@
 
-test: $(STAMP) ## run the test suite offline (HF_HUB_OFFLINE=1), ~5 min on 2 CPU cores
+test: $(STAMP) ## run the test suite offline (HF_HUB_OFFLINE=1), ~10 min on 2 CPU cores
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the tests without the end-to-end training runs
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-train-phi3: $(STAMP) ## Phi-3 tiny poetry model (recipes/phi3/poetry.yaml) -> runs/phi3/, train_phi3/train_log.md
-	$(LAUNCH) train_phi3/train.py $(or $(RECIPE),recipes/phi3/poetry.yaml) $(OVERRIDES) $(call publish,train_phi3)
+##@ Phi-3 (train_phi3/)
 
-train-mixtral: $(STAMP) ## Mixtral MoE poetry (tiny config); RECIPE=recipes/mixtral/8x7b-zero3.yaml NPROC=8 for 8x7B
-	$(LAUNCH) train_mixtral/train.py $(or $(RECIPE),recipes/mixtral/poetry.yaml) $(OVERRIDES) \
-	  $(if $(RECIPE),,$(call publish,train_mixtral))
+train-phi3: $(STAMP) ## Phi-3 tiny poetry model (recipes/phi3/pretrain.yaml) -> runs/phi3/poetry/, train_phi3/train_log.md
+	$(call stage,train_phi3/train.py,recipes/phi3/pretrain.yaml,train_phi3/train_log.md)
+
+##@ Mixtral (train_mixtral/)
+
+train-mixtral: $(STAMP) ## Mixtral MoE poetry (tiny config); RECIPE=recipes/mixtral/finetune-8x7b-zero3.yaml NPROC=8 for 8x7B
+	$(call stage,train_mixtral/train.py,recipes/mixtral/pretrain.yaml,train_mixtral/train_log.md)
 
 estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no download: MODEL=mixtral-8x7b (or RECIPE=)
 	@test -n "$(or $(ESTIMATE_$(MODEL)),$(RECIPE))" || { echo "error: no estimate for MODEL=$(MODEL); pass RECIPE=<recipe.yaml>"; exit 2; }
 	$(PY) -m shared.estimate $(or $(RECIPE),$(ESTIMATE_$(MODEL)))
 
-data-card: $(STAMP) ## regenerate data/README.md's data card (counts, sizes, sha256) from the files
-	$(PY) -m shared.datacard
+##@ Tools
 
-generate: $(STAMP) ## generate with a trained model: MODEL=phi3|mixtral|... [PROMPT=...] [RUN=...]
-	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/generate.py" || { echo "error: unknown MODEL=$(MODEL)"; exit 2; }
-	$(PY) $(MODEL_DIR)/generate.py $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(ARGS)
+generate: $(STAMP) ## generate with a trained model: MODEL=phi3|mixtral|phi2|nanogpt|minigl [PROMPT=...] [RUN=...]
+	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/generate.py" || { echo "error: unknown MODEL=$(MODEL) (phi3, mixtral, phi2, nanogpt, minigl)"; exit 2; }
+	$(PY) $(MODEL_DIR)/generate.py $(ARGS)
 
 bench: $(STAMP) ## training throughput + peak memory of each recipe's model on this machine (synthetic tokens)
-	$(PY) -m shared.bench $(or $(RECIPE),recipes/phi3/poetry.yaml recipes/mixtral/poetry.yaml) $(ARGS)
+	$(PY) -m shared.bench $(or $(RECIPE),recipes/phi3/pretrain.yaml recipes/mixtral/pretrain.yaml) $(ARGS)
+
+data-card: $(STAMP) ## regenerate data/README.md's data card (counts, sizes, sha256) from the files
+	$(PY) -m shared.datacard
 
 clean-runs: ## delete runs/ (checkpoints and trained models)
 	rm -rf runs

@@ -1,7 +1,7 @@
 """Benchmarks: training throughput and peak memory of each recipe's model, on this machine, with synthetic tokens.
 
-    make bench                      # = python -m shared.bench recipes/phi3/poetry.yaml recipes/mixtral/poetry.yaml
-    python -m shared.bench recipes/mixtral/poetry.yaml --steps 10 model.config=train_mixtral/mixtral_large.json
+    make bench                      # = python -m shared.bench recipes/phi3/pretrain.yaml recipes/mixtral/pretrain.yaml
+    python -m shared.bench recipes/mixtral/pretrain.yaml --steps 10 model.config=train_mixtral/mixtral_large.json
 
 Times full optimizer steps (forward, backward, AdamW) at the recipe's micro-batch size and block size, after warm-up
 steps, with the vocabulary the offline tokenizer would give (tokenizer.vocab_size). Speed and memory belong here,
@@ -17,9 +17,9 @@ import time
 import torch
 
 from .errors import run_main
+from .models import build_model, count_parameters, model_config
 from .recipe import load_recipe
 from .runlog import hardware
-from .train import build_model, count_parameters, model_config
 
 
 def bench(path: str, overrides: list[str], steps: int, warmup: int) -> dict:

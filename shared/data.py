@@ -5,57 +5,20 @@ why, a content fingerprint and sizes), which the run log records.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
-import socket
 import string
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from datasets import Dataset
 
 from .errors import UserError
+from .hub import Provenance, hub_reachable, load_or_fallback, warn_loudly  # noqa: F401 (re-exported)
 from .recipe import DataArgs, resolve_path
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".parquet")
-
-
-@dataclass
-class Provenance:
-    source: str
-    fallback: bool = False
-    reason: str = ""
-    fingerprint: str = ""
-    records: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        text = f"{self.source} ({self.records} records, sha256 {self.fingerprint[:16]})"
-        if self.fallback:
-            text += f" -- OFFLINE FALLBACK: {self.reason}"
-        return text
-
-
-def warn_loudly(message: str) -> None:
-    bar = "!" * min(100, len(message) + 4)
-    print(f"\n{bar}\n! {message}\n{bar}\n", flush=True)
-
-
-@functools.lru_cache(maxsize=None)
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when HF_HUB_OFFLINE is set or huggingface.co can't be reached quickly (saves ~25 s of retries)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,21 +124,14 @@ def load_source(spec: DataArgs) -> tuple[Dataset, Provenance]:
 
 
 def _load_hub_or_fallback(spec: DataArgs) -> tuple[Dataset, Provenance]:
-    reason = "the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE=1)"
-    if hub_reachable():
-        try:
-            from datasets import load_dataset
+    from datasets import load_dataset
 
-            ds = load_dataset(spec.dataset, spec.subset, split=spec.split)
-            return ds, Provenance(source=f"hub:{spec.dataset}", fingerprint=ds._fingerprint)
-        except Exception as e:  # dataset missing, gated, network cut mid-way
-            reason = f"loading hub:{spec.dataset} failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-    if not spec.fallback:
-        raise UserError(f"cannot load dataset '{spec.dataset}': {reason}, and the recipe has no data.fallback")
-    warn_loudly(f"DATA FALLBACK: using bundled {spec.fallback} instead of hub:{spec.dataset}: {reason}")
-    ds = load_local(spec.fallback)
-    return ds, Provenance(source=spec.fallback, fallback=True, reason=f"instead of hub:{spec.dataset}: {reason}",
-                          fingerprint=fingerprint_files(spec.fallback))
+    ds, prov = load_or_fallback(
+        "data", spec.dataset, lambda: load_dataset(spec.dataset, spec.subset, split=spec.split),
+        fallback=spec.fallback, load_fallback=(lambda: load_local(spec.fallback)) if spec.fallback else None,
+        fallback_key="data.fallback")
+    prov.fingerprint = fingerprint_files(spec.fallback) if prov.fallback else ds._fingerprint
+    return ds, prov
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,32 +144,43 @@ def template_fields(template: str) -> list[str]:
 
 def to_texts(ds: Dataset, spec: DataArgs, source: str = "data") -> Dataset:
     """Render each record through `data.template` (after `data.columns` renames) into a `text` column."""
-    fields = template_fields(spec.template)
-    mapping = {name: spec.columns.get(name, name) for name in fields}
+    return render(ds, spec, {"text": spec.template}, source)
+
+
+def render(ds: Dataset, spec: DataArgs, templates: dict[str, str], source: str = "data") -> Dataset:
+    """One output column per template (`text`; or `prompt` + `completion`; or `prompt` + `chosen` + `rejected`),
+    each rendered from the record's fields after `data.columns` renames. Records with an empty output are dropped."""
+    mapping = {name: spec.columns.get(name, name) for t in templates.values() for name in template_fields(t)}
     for name, column in mapping.items():
         if column not in ds.column_names:
             raise UserError(f"{source}: missing column '{column}' (template field '{name}'); "
                             f"columns are {', '.join(ds.column_names)}; map it with data.columns.{name}=<column>")
 
-    def render(batch: dict) -> dict:
+    def one(template: str, values: dict) -> str:
+        used = {n: values[n] for n in template_fields(template)}
+        return template.format(**values).strip() if any(used.values()) else ""
+
+    def rows(batch: dict) -> dict:
         n = len(batch[ds.column_names[0]])
-        texts = []
+        out: dict[str, list[str]] = {column: [] for column in templates}
         for i in range(n):
             values = {name: "" if batch[col][i] is None else str(batch[col][i]).strip() for name, col in mapping.items()}
-            texts.append(spec.template.format(**values).strip() if any(values.values()) else "")
-        return {"text": texts}
+            for column, template in templates.items():
+                out[column].append(one(template, values))
+        return out
 
-    out = ds.map(render, batched=True, remove_columns=ds.column_names, desc="rendering texts")
-    too_long = [i for i, t in enumerate(out["text"]) if len(t) > spec.max_chars]
-    if too_long:
-        raise UserError(f"{source}: record {too_long[0]} has {len(out[too_long[0]]['text'])} characters, over "
-                        f"data.max_chars={spec.max_chars} (a file without line breaks?)")
+    out = ds.map(rows, batched=True, remove_columns=ds.column_names, desc="rendering texts")
+    for column in templates:
+        too_long = [i for i, t in enumerate(out[column]) if len(t) > spec.max_chars]
+        if too_long:
+            raise UserError(f"{source}: record {too_long[0]} has {len(out[too_long[0]][column])} characters, over "
+                            f"data.max_chars={spec.max_chars} (a file without line breaks?)")
     before = len(out)
-    out = out.filter(lambda r: bool(r["text"]), desc="dropping empty texts")
+    out = out.filter(lambda r: all(r[c] for c in templates), desc="dropping empty texts")
     if len(out) == 0:
-        raise UserError(f"{source}: every record renders to an empty text with template {spec.template!r}")
+        raise UserError(f"{source}: every record renders to an empty text with {templates}")
     if len(out) < before:
-        warnings.warn(f"{source}: dropped {before - len(out)} empty records")
+        warnings.warn(f"{source}: dropped {before - len(out)} records with an empty {' or '.join(templates)}")
     return out
 
 

@@ -84,7 +84,7 @@ class Spec:
 
 SPECS: list[Spec] = [
     Spec("poems", "data/poems/poems.jsonl", "original modern Chinese poems",
-         "Phi-3 and Mixtral poetry (offline fallback of recipes/phi3/poetry.yaml, recipes/mixtral/*.yaml)",
+         "Phi-3 and Mixtral poetry (offline fallback of recipes/phi3/pretrain.yaml, recipes/mixtral/*.yaml)",
          {"id": str, "title": str, "content": str}, text=_joined("title", "content"), text_fields="title, content"),
     Spec("encyclopedia", "data/world/encyclopedia.jsonl", "encyclopedia entries about the fictional city of 苇川",
          "RAG knowledge base (Phi-2 RAG demo); Phi-2 pretraining + tokenizer training",

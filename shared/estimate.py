@@ -2,7 +2,7 @@
 downloading a single weight: the model is built on the meta device from its config (offline: the recipe's bundled
 config_fallback), and DeepSpeed's own estimators do the arithmetic.
 
-    make estimate MODEL=mixtral-8x7b            # = python -m shared.estimate recipes/mixtral/8x7b-zero3.yaml ...lora.yaml
+    make estimate MODEL=mixtral-8x7b            # = python -m shared.estimate recipes/mixtral/finetune-8x7b-zero3.yaml ...lora.yaml
 
 Model states only (weights, gradients, Adam moments, fp32 master copy): activations come on top and depend on the
 batch size, sequence length and gradient checkpointing. For a LoRA recipe the frozen base weights need no
@@ -18,8 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from .errors import UserError, run_main
+from .models import apply_lora, model_config
 from .recipe import load_recipe
-from .train import apply_lora, model_config
 
 GPUS = (1, 2, 4, 8, 16)
 GPUS_PER_NODE = 8

@@ -1,12 +1,17 @@
 """Generation shared by every model: run folder -> model + tokenizer -> the model's decoding preset -> text.
 
-The preset is the recipe's `generation` section, saved with the run (final/recipe.yaml); command-line
-`key=value` pairs override it (`temperature=0.7 max_new_tokens=80`), `--prompt` replaces the preset's prompts.
-Tokens stream to the terminal as they are produced (except under beam search, which has no single stream).
+The preset is the recipe's `generation` section, saved with the run (final/recipe.yaml, and as the model's own
+generation_config.json); command-line `key=value` pairs override it (`temperature=0.7 max_new_tokens=80`), checked
+against GenerationConfig like the recipe's own keys; `--prompt` (or the SLM_PROMPT environment variable, which is how
+`make generate PROMPT=...` hands text over without a shell re-parsing it) replaces the preset's prompts. Tokens
+stream to the terminal as they are produced (except under beam search, which has no single stream).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import struct
 from pathlib import Path
 
 import torch
@@ -15,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from . import REPO_ROOT
 from .errors import UserError
-from .recipe import PRESET_ONLY, parse_override, resolve_path
+from .models import context_length
+from .recipe import PRESET_ONLY, check_generation_keys, parse_override, resolve_path
 
 
 def find_run(model: str, run: str | None = None, root: str | Path = "runs") -> Path:
@@ -34,35 +40,62 @@ def find_run(model: str, run: str | None = None, root: str | Path = "runs") -> P
     return finals[-1].parent
 
 
-def load(path: Path):
-    """Model (on GPU when there is one), tokenizer and the resolved recipe saved with the run."""
-    recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8")) if (path / "recipe.yaml").is_file() else {}
-    recipe = recipe or {}
-    trust_remote_code = bool((recipe.get("model") or {}).get("trust_remote_code"))
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), tok, recipe
-
-
-def context_length(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "block_size", "max_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
+def damaged_file(path: Path) -> str | None:
+    """The first file of a final/ folder that can't be read whole, with what is wrong with it."""
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        file = path / name
+        if file.is_file():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                return f"{file} is damaged (not valid JSON: {str(e).splitlines()[0][:80]})"
+    for file in sorted(path.glob("*.safetensors")):
+        size = file.stat().st_size
+        try:
+            with open(file, "rb") as f:
+                n = struct.unpack("<Q", f.read(8))[0]
+                header = json.loads(f.read(n))
+            end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError):
+            return f"{file} is damaged (unreadable header, {size:,} bytes)"
+        if size < end:
+            return f"{file} is damaged (truncated: {size:,} of {end:,} bytes)"
     return None
 
 
-def generation_config(preset: dict, tokenizer) -> GenerationConfig:
+def load(path: Path):
+    """Model (on GPU when there is one), tokenizer and the resolved recipe saved with the run."""
+    recipe = {}
+    if (path / "recipe.yaml").is_file():
+        recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    trust_remote_code = bool((recipe.get("model") or {}).get("trust_remote_code"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        problem = damaged_file(path)
+        if problem is None:
+            raise
+        raise UserError(f"{problem}: rerun the stage that wrote it (it rebuilds final/ from its last complete "
+                        f"checkpoint), or delete {path.parent} and train again") from e
+    return model.to(device).eval(), tok, recipe
+
+
+def generation_config(preset: dict, tokenizer, where: str = "generation preset") -> GenerationConfig:
+    """The preset (prompts aside) as a GenerationConfig with the tokenizer's special ids; bad values: one line."""
+    check_generation_keys(preset, where)
     kwargs = {k: v for k, v in preset.items() if k not in PRESET_ONLY}
     kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    if tokenizer.bos_token_id is not None:
+        kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
     try:
         config = GenerationConfig(**kwargs)
         config.validate()  # flags that don't apply (length_penalty without beams) only warn
     except (ValueError, TypeError) as e:
-        raise UserError(f"generation preset: {' '.join(str(e).split())}") from None
+        raise UserError(f"{where}: {' '.join(str(e).split())}") from None
     return config
 
 
@@ -71,12 +104,14 @@ def generate(model, tokenizer, prompt: str, preset: dict, stream: bool = False) 
     config = generation_config(preset, tokenizer)
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
     if ids.shape[1] == 0:
-        ids = torch.tensor([[tokenizer.eos_token_id]])
+        ids = torch.tensor([[tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]])
     limit = context_length(model.config)
     if limit is not None:
         if ids.shape[1] >= limit:
             raise UserError(f"prompt is {ids.shape[1]} tokens, the model's context is {limit}; shorten the prompt")
         room = limit - ids.shape[1]
+        if config.max_length is not None and "max_new_tokens" not in preset:
+            config.max_length = min(config.max_length, limit)
         if (config.max_new_tokens or 0) > room:
             config.max_new_tokens = room
         if config.min_new_tokens and config.min_new_tokens > room:
@@ -110,20 +145,23 @@ def main(argv: list[str], model_name: str | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate with a trained slm model and its decoding preset.")
     if model_name is None:
         parser.add_argument("model", help="phi3 | mixtral | phi2 | nanogpt | minigl")
-    parser.add_argument("--run", default=None, help="run name under runs/<model>/ or a folder (default: newest)")
+    parser.add_argument("--run", default=os.environ.get("SLM_RUN") or None,
+                        help="run name under runs/<model>/ or a folder (default: newest)")
     parser.add_argument("--root", default="runs", help="runs folder (default: runs)")
-    parser.add_argument("--prompt", action="append", help="prompt (repeatable); default: the preset's prompts")
+    parser.add_argument("--prompt", action="append",
+                        help="prompt (repeatable; default: $SLM_PROMPT, else the preset's prompts)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="generation key=value (e.g. temperature=0.7)")
     args = parser.parse_args(argv)
     name = model_name or args.model
+    overrides = dict(parse_override(text) for text in args.overrides)
+    overrides = {key.removeprefix("generation."): value for key, value in overrides.items()}
+    check_generation_keys(overrides, "generate")  # before loading anything
     path = find_run(name, args.run, args.root)
     model, tok, recipe = load(path)
-    preset = dict(recipe.get("generation") or {})
-    for text in args.overrides:
-        key, value = parse_override(text)
-        preset[key.removeprefix("generation.")] = value
-    prompts = args.prompt or preset.get("prompts") or [""]
+    preset = {**(recipe.get("generation") or {}), **overrides}
+    prompts = args.prompt or ([os.environ["SLM_PROMPT"]] if os.environ.get("SLM_PROMPT") else None) \
+        or preset.get("prompts") or [""]
     print(f"model: {path}  |  preset: " + ", ".join(f"{k}={v}" for k, v in preset.items() if k != "prompts"), flush=True)
     torch.manual_seed(args.seed)
     for prompt in prompts:

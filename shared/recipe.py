@@ -73,11 +73,14 @@ class DataArgs:
     path: str | None = None  # local file (jsonl/json/txt/csv/parquet) or folder; wins over `dataset`
     fallback: str | None = None  # bundled local data used when the Hub dataset can't be loaded
     columns: dict = field(default_factory=dict)  # template field -> column of the source
-    template: str = "{text}"  # how one record becomes one training text
+    template: str = "{text}"  # how one record becomes one training text (trainer: lm)
+    templates: dict = field(default_factory=dict)  # sft: {prompt, completion}; dpo: {prompt, chosen, rejected}
     validation_fraction: float = 0.1
     block_size: int = 256  # tokens per training sequence
     max_samples: int | None = None  # cap on records, for quick runs
     max_chars: int = 200_000  # a record longer than this is an error (catches a whole file on one line)
+    eval_subset: int | None = 256  # evaluations during training use this many validation samples (seeded);
+    #                                the whole validation split is evaluated once at the end. null: all of it
 
 
 @dataclass

@@ -1,183 +1,105 @@
-"""Training: recipe + data + model -> HF Trainer (or a TRL trainer) -> checkpoints, final HF folder, train_log.md.
+"""Training: recipe + data + model -> transformers.Trainer, trl.SFTTrainer or trl.DPOTrainer (the recipe's
+`trainer:` kind) -> checkpoints, the final HF folder, the run log.
 
-Every recipe trains through `train()`, so every run gets the same precision choice, logging, checkpointing,
-crash-safe resume, non-finite-loss guard, final safetensors folder and run log, under plain Python, torchrun,
-`accelerate launch` or the `deepspeed` launcher alike.
+Every stage that trains goes through `train()`, so every run gets the same precision choice, logging,
+checkpointing, crash-safe resume, non-finite-loss guard, final safetensors folder and run log, under plain Python,
+torchrun, `accelerate launch` or the `deepspeed` launcher alike, whichever trainer kind it uses.
+
+    args = train.training_arguments(recipe)      # first: under DeepSpeed ZeRO-3 they shard the model as it is built
+    config = models.model_config(recipe)          # checked before any data is read
+    data = train.load_data(recipe)                # lm: packed blocks; sft: prompt/completion; dpo: prompt/chosen/rejected
+    model = models.build_model(recipe, config, data.tokenizer)
+    train.train(recipe, model, data, args=args, title="...", publish_log=opts.publish_log)
 
 Run layout:  runs/<model.name>/<run.name>/checkpoint-N/   resumable Trainer checkpoints (marked complete)
-                                          final/           model.safetensors + config + tokenizer + recipe.yaml
-                                                           + train_log.md + loss.png (AutoModelForCausalLM-loadable)
+                                          final/           model.safetensors + config + generation_config (the
+                                                           recipe's preset) + tokenizer + recipe.yaml + train_log.md
+                                                           + loss.png + stage.json (AutoModelForCausalLM-loadable)
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import yaml
 from datasets import Dataset
-from transformers import (AutoConfig, AutoModelForCausalLM, DataCollatorForLanguageModeling, PreTrainedModel,
-                          Trainer, TrainingArguments)
+from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
 from .checkpoints import CompleteMarker, find_resume
-from .data import Provenance, hub_reachable, load_source, pack, split_train_eval, to_texts, warn_loudly
+from .data import Provenance, load_source, pack, render, split_train_eval
 from .errors import UserError
+from .generate import generation_config, samples_markdown
 from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
-from .recipe import Recipe, resolve_path
-from .runlog import RunLog, git_commit, hardware, now_utc, package_versions, redacted_command
-from .tokenizer import TokenizerProvenance, load_tokenizer
+from .models import context_length, describe_parameters
+from .recipe import Recipe, training_config_class
+from .runlog import RunLog, publish, run_facts
+from .stage import swap_in, write_marker
+from .tokenizer import load_tokenizer
 
 DEFAULT_TRAINING = dict(
     report_to="none", logging_steps=10, logging_first_step=True, logging_nan_inf_filter=False,
     eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, include_num_input_tokens_seen=True,
     lr_scheduler_type="cosine", warmup_steps=0, seed=42, dataloader_num_workers=0, disable_tqdm=False,
 )
+COLUMNS = {"lm": ("text",), "sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
 
 
 @dataclass
-class LMData:
-    """What a causal-LM recipe trains on, with where it came from."""
+class Data:
+    """What a recipe trains on, with where it came from (the run log's data and tokenizer lines)."""
     tokenizer: object
     train: Dataset
-    eval: Dataset | None
-    data: Provenance
-    tokenizer_source: TokenizerProvenance
+    eval: Dataset | None  # the whole validation split: evaluated once at the end
+    provenance: Provenance
+    tokenizer_source: Provenance
+    eval_during: Dataset | None = None  # the seeded subset evaluated during training (data.eval_subset)
+    notes: list[str] = field(default_factory=list)
+
+    def facts(self) -> dict[str, str]:
+        return {"data": self.provenance.describe(), "data split": "; ".join(self.provenance.notes + self.notes),
+                "tokenizer": self.tokenizer_source.describe() + f" ({len(self.tokenizer)} tokens)"}
 
 
-def lm_data(recipe: Recipe) -> LMData:
-    """Source -> texts (template) -> deterministic split -> tokenizer (Hub or trained) -> packed token blocks."""
-    records, prov = load_source(recipe.data)
-    texts = to_texts(records, recipe.data, prov.source)
-    train_texts, eval_texts = split_train_eval(texts, recipe.data.validation_fraction, recipe.training.get("seed", 42))
-    tokenizer, tok_prov = load_tokenizer(recipe.tokenizer, train_texts, prov.fingerprint, cache_root(recipe),
+def load_data(recipe: Recipe) -> Data:
+    """Source -> rendered columns (the trainer kind's) -> deterministic split -> tokenizer -> (lm) packed blocks."""
+    spec, kind = recipe.data, recipe.trainer
+    templates = spec.templates or {"text": spec.template}
+    if tuple(sorted(templates)) != tuple(sorted(COLUMNS[kind])):
+        raise UserError(f"{recipe.where('data.templates')}: trainer {kind} needs data.templates for "
+                        f"{', '.join(COLUMNS[kind])}, got {', '.join(templates) or 'none'}")
+    records, prov = load_source(spec)
+    rows = render(records, spec, templates, prov.source)
+    train_rows, eval_rows = split_train_eval(rows, spec.validation_fraction, recipe.training.get("seed", 42))
+    corpus = train_rows if kind == "lm" else train_rows.map(
+        lambda r: {"text": "\n".join(r[c] for c in COLUMNS[kind])}, remove_columns=list(COLUMNS[kind]))
+    tokenizer, tok_prov = load_tokenizer(recipe.tokenizer, corpus, prov.fingerprint, cache_root(recipe),
                                          recipe.model.trust_remote_code)
-    train = pack(train_texts, tokenizer, recipe.data.block_size, "train")
-    evals = pack(eval_texts, tokenizer, recipe.data.block_size, "validation") if eval_texts is not None else None
-    prov.notes.append(f"{len(train_texts)} train / {len(eval_texts) if eval_texts is not None else 0} validation "
-                      f"records -> {len(train)} / {len(evals) if evals is not None else 0} blocks of "
-                      f"{recipe.data.block_size} tokens")
-    return LMData(tokenizer, train, evals, prov, tok_prov)
+    unit = "records"
+    if kind == "lm":  # TRL's trainers tokenise prompt/completion/chosen/rejected themselves
+        train_rows = pack(train_rows, tokenizer, spec.block_size, "train")
+        eval_rows = pack(eval_rows, tokenizer, spec.block_size, "validation") if eval_rows is not None else None
+        unit = f"blocks of {spec.block_size} tokens"
+    during = eval_rows
+    if eval_rows is not None and spec.eval_subset is not None and len(eval_rows) > spec.eval_subset:
+        during = eval_rows.shuffle(seed=recipe.training.get("seed", 42)).select(range(spec.eval_subset))
+    n_eval = len(eval_rows) if eval_rows is not None else 0
+    note = f"{len(train_rows)} train / {n_eval} validation {unit}"
+    if during is not eval_rows:
+        note += (f"; evaluations during training use a fixed seeded subset of {len(during)} (data.eval_subset), "
+                 f"the final evaluation all {n_eval}")
+    return Data(tokenizer, train_rows, eval_rows, prov, tok_prov, during, [note])
 
 
 def cache_root(recipe: Recipe) -> Path:
     return recipe.run_dir.parent.parent / ".cache"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# models
-
-
-def model_config(recipe: Recipe, tokenizer=None, **fixed):
-    """The recipe's JSON config (or Hub config) + overrides; vocab and special ids follow the tokenizer."""
-    ref = recipe.model.config
-    if ref is None:
-        raise UserError(f"{recipe.where('model.config')}: model.config is required to build a model")
-    if resolve_path(ref).is_file():
-        config = config_from_json(ref)
-    else:
-        reason = "the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE=1)"
-        config = None
-        if hub_reachable():
-            try:
-                config = AutoConfig.from_pretrained(ref, trust_remote_code=recipe.model.trust_remote_code)
-            except Exception as e:
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        if config is None:
-            if not recipe.model.config_fallback:
-                raise UserError(f"model.config: cannot load '{ref}' (not a file here; {reason})")
-            warn_loudly(f"CONFIG FALLBACK: using {recipe.model.config_fallback} for '{ref}': {reason}")
-            config = config_from_json(recipe.model.config_fallback)
-    for key, value in {**recipe.model.overrides, **fixed}.items():
-        if not hasattr(config, key):
-            raise UserError(f"{recipe.where('model.overrides')}: model.overrides.{key} is not a field of "
-                            f"{type(config).__name__}")
-        setattr(config, key, value)
-    if tokenizer is not None:
-        config.vocab_size = len(tokenizer)
-        config.pad_token_id = tokenizer.pad_token_id
-        config.eos_token_id = tokenizer.eos_token_id
-        config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    check_config(config, ref)
-    return config
-
-
-def config_from_json(ref: str):
-    try:
-        data = json.loads(resolve_path(ref).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{ref}:{e.lineno}: malformed JSON ({e.msg})") from None
-    except OSError:
-        raise UserError(f"model config not found: {ref}") from None
-    if "model_type" not in data:
-        raise UserError(f"{ref}: the config needs a model_type (e.g. \"phi3\")")
-    data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys document the file
-    try:
-        return AutoConfig.for_model(**data)
-    except (ValueError, TypeError, KeyError) as e:
-        raise UserError(f"{ref}: {' '.join(str(e).split())[:200]}") from None
-
-
-def check_config(config, where: str) -> None:
-    hidden = getattr(config, "hidden_size", None)
-    heads = getattr(config, "num_attention_heads", None)
-    if hidden and heads and hidden % heads:
-        raise UserError(f"{where}: num_attention_heads={heads} does not divide hidden_size={hidden}")
-    kv = getattr(config, "num_key_value_heads", None)
-    if heads and kv and heads % kv:
-        raise UserError(f"{where}: num_key_value_heads={kv} does not divide num_attention_heads={heads}")
-    for key, value in config.to_dict().items():
-        if ("dropout" in key or "pdrop" in key) and isinstance(value, (int, float)) and not 0 <= value < 1:
-            raise UserError(f"{where}: {key} must be in [0, 1), got {value}")
-    for key in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "max_position_embeddings"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value <= 0:
-            raise UserError(f"{where}: {key} must be > 0, got {value}")
-
-
-def build_model(recipe: Recipe, config) -> PreTrainedModel:
-    """Random init from `config`, or the weights of `model.init_from` (a run, a folder or a Hub id).
-
-    Create the TrainingArguments first (`training_arguments(recipe)`) and keep them: with a DeepSpeed ZeRO-3 config
-    they make `from_pretrained` / `from_config` build the model already sharded across the GPUs (zero.Init), which
-    is what lets a 46.7B model load at all.
-    """
-    torch.manual_seed(recipe.training.get("seed", 42))
-    if recipe.model.init_from:
-        source = resolve_final(recipe.model.init_from)
-        try:
-            return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=recipe.model.trust_remote_code)
-        except OSError as e:
-            raise UserError(f"model.init_from: cannot load '{recipe.model.init_from}' ({str(e).splitlines()[0]})") from None
-    return AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
-
-
-def resolve_final(ref: str) -> str:
-    """A run folder means its final/ model; anything else is passed through (local folder or Hub id)."""
-    path = resolve_path(ref)
-    if (path / "final" / "config.json").is_file():
-        return str(path / "final")
-    return str(path) if path.exists() else ref
-
-
-def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    return {"total": total, "trainable": trainable, "embeddings": embeddings}
-
-
-def describe_parameters(model: torch.nn.Module) -> str:
-    n = count_parameters(model)
-    text = f"{n['total']:,} ({n['total'] / 1e6:.2f}M); without embedding tables {(n['total'] - n['embeddings']) / 1e6:.2f}M"
-    if n["trainable"] != n["total"]:
-        text += f"; trainable {n['trainable']:,} ({100 * n['trainable'] / n['total']:.2f}%)"
-    return text
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,34 +114,51 @@ def precision(choice: str) -> dict:
             choice = "fp32"
     if choice == "fp16" and not torch.cuda.is_available():
         raise UserError("run.precision=fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
-    # use_cpu on a machine without CUDA also makes torchrun / accelerate runs data-parallel over CPU processes (gloo)
+    # explicit bf16/fp16 (TRL's configs default to bf16, which fails on a CPU); use_cpu on a machine without CUDA
+    # also makes torchrun / accelerate runs data-parallel over CPU processes (gloo)
     return {"bf16": choice == "bf16", "fp16": choice == "fp16", "use_cpu": not torch.cuda.is_available()}
 
 
 def training_arguments(recipe: Recipe, **fixed) -> TrainingArguments:
+    """The recipe's `training` section as its trainer kind's config class (TrainingArguments/SFTConfig/DPOConfig)."""
     kwargs = {**DEFAULT_TRAINING, **precision(recipe.run.precision), **recipe.training, **fixed,
               "output_dir": str(recipe.run_dir)}
+    if recipe.trainer in ("sft", "dpo"):
+        kwargs.setdefault("max_length", recipe.data.block_size)
     if kwargs.get("save_total_limit") == 1:
         raise UserError(f"{recipe.where('training.save_total_limit')}: training.save_total_limit must be >= 2 "
                         f"(or null): with 1, a crash while saving could leave no complete checkpoint")
     if kwargs.get("eval_strategy") == "no":
         kwargs.pop("load_best_model_at_end", None)
     try:
-        return TrainingArguments(**kwargs)
+        return training_config_class(recipe.trainer)(**kwargs)
     except (ValueError, TypeError) as e:
         raise UserError(f"{recipe.source}: invalid training settings: {str(e).splitlines()[0]}") from None
 
 
-def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Dataset, eval_dataset: Dataset | None,
-          *, title: str, facts: dict[str, str] | None = None, data_collator=None, trainer_cls=Trainer,
-          trainer_kwargs: dict | None = None, callbacks: list | None = None, args: TrainingArguments | None = None,
-          samples: Callable[[PreTrainedModel, object], str] | None = None,
+def trainer_class(kind: str) -> type:
+    if kind == "sft":
+        from trl import SFTTrainer
+
+        return SFTTrainer
+    if kind == "dpo":
+        from trl import DPOTrainer
+
+        return DPOTrainer
+    return Trainer
+
+
+def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, args: TrainingArguments | None = None,
+          trainer_cls: type | None = None, facts: dict[str, str] | None = None, callbacks: list | None = None,
           extra_sections: Callable[[PreTrainedModel], list[tuple[str, str]]] | None = None,
           publish_log: str | None = None) -> Trainer:
-    """Train with resume, save the final HF folder atomically, write the run log; returns the Trainer."""
-    run_dir = recipe.run_dir
+    """Train with resume, save the final HF folder atomically, write (and publish) the run log; returns the Trainer.
+
+    `trainer_cls`: a subclass of the recipe's trainer kind (e.g. MoETrainer); `extra_sections(model)`: more log
+    sections after training. Samples come from the recipe's generation preset (`generation.prompts`)."""
+    run_dir, kind = recipe.run_dir, recipe.trainer
     args = args or training_arguments(recipe)
-    if eval_dataset is None:
+    if data.eval is None:
         args.eval_strategy = IntervalStrategy.NO
     if getattr(args, "hub_token", None):  # the Trainer pickles args into every checkpoint (training_args.bin):
         os.environ["HF_TOKEN"] = args.hub_token  # hand the token to the Hub client through the environment instead
@@ -230,20 +169,26 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
     if args.process_index == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_RECIPE).write_text(recipe.to_yaml(), encoding="utf-8")
+    header = run_facts()
+    if args.world_size > 1:
+        header["hardware"] += f", {args.world_size} processes"
     runlog = RunLog(title, {
-        "date": now_utc(), "git commit": git_commit(), "command": f"`{redacted_command()}`",
-        "hardware": hardware() + (f", {args.world_size} processes" if args.world_size > 1 else ""),
-        "packages": package_versions(), "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "parameters": describe_parameters(model), **(facts or {}),
+        **header, "trainer": f"{kind} ({trainer_cls.__name__ if trainer_cls else trainer_class(kind).__name__}, "
+                             f"{type(args).__name__})",
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "parameters": describe_parameters(model), **data.facts(), **(facts or {}),
         "resumed from": str(resume.relative_to(run_dir)) if resume else "– (fresh start)",
     })
-    if data_collator is None and not trainer_cls.__module__.startswith("trl"):  # TRL trainers bring their own
-        data_collator = lm_collator(tokenizer)
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          data_collator=data_collator, processing_class=tokenizer,
-                          callbacks=[NonFiniteLossGuard(), CompleteMarker(), runlog, StopIfFinished(),  # guard first
-                                     *(callbacks or [])],
-                          **(trainer_kwargs or {}))
+    kwargs: dict = {}
+    if kind == "lm":
+        kwargs["data_collator"] = DataCollatorForLanguageModeling(data.tokenizer, mlm=False)
+    if kind == "dpo" and not getattr(args, "precompute_ref_log_probs", False):
+        kwargs["ref_model"] = frozen_copy(model)  # the reference: the starting model, frozen
+    trainer = (trainer_cls or trainer_class(kind))(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval_during,
+        processing_class=data.tokenizer,
+        callbacks=[NonFiniteLossGuard(), CompleteMarker(), runlog, StopIfFinished(), *(callbacks or [])],  # guard first
+        **kwargs)
     if resume:
         print(f"resume: continuing from {resume}", flush=True)
     with disk_full_is_a_user_error(run_dir):
@@ -254,35 +199,46 @@ def train(recipe: Recipe, model: PreTrainedModel, tokenizer, train_dataset: Data
             runlog.log_history = list(trainer.state.log_history)
             print(f"resume: {resume.name} is already at max_steps={trainer.state.max_steps}, nothing left to train "
                   f"(run.resume=never starts over)", flush=True)
-    metrics = trainer.evaluate() if eval_dataset is not None else {}
-    if "eval_loss" in metrics:
-        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
-    if metrics:
-        runlog.add_section("Final evaluation", "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
-                                                         for k, v in metrics.items()))
+    final_metrics(trainer, data, kind, runlog)
     sync = ranks_in_sync(trainer)
     if sync:
         runlog.facts["ranks in sync"] = sync
     # every rank runs these: under ZeRO-3 each forward pass gathers the sharded weights collectively
     for heading, body in (extra_sections(trainer.model) if extra_sections else []):
         runlog.add_section(heading, body)
-    if samples is not None:
+    if recipe.generation.get("prompts"):
         trainer.model.eval()
-        runlog.add_section("Samples (the model's generation preset)", samples(trainer.model, tokenizer))
+        runlog.add_section("Samples (the model's generation preset)",
+                           samples_markdown(trainer.model, data.tokenizer, recipe.generation))
     runlog.add_section("Resolved recipe", f"```yaml\n{recipe.to_yaml()}```")
     with disk_full_is_a_user_error(run_dir):
-        final = save_final(trainer, tokenizer, recipe, runlog)
+        final = save_final(trainer, data.tokenizer, recipe, runlog, title)
     if trainer.is_world_process_zero():
-        log = final / "train_log.md"
-        print(f"\nrun saved: {final}\nlog: {log}", flush=True)
+        print(f"\nrun saved: {final}\nlog: {final / 'train_log.md'}", flush=True)
         if publish_log:
-            dest = resolve_path(publish_log)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(log, dest)
-            if (final / "loss.png").is_file():
-                shutil.copyfile(final / "loss.png", dest.with_name("loss.png"))
-            print(f"reference log published: {dest}", flush=True)
+            publish(final / "train_log.md", publish_log)
     return trainer
+
+
+def final_metrics(trainer: Trainer, data: Data, kind: str, runlog: RunLog) -> None:
+    """Evaluate the whole validation split once; perplexity where the loss is a mean token loss (lm, sft)."""
+    if data.eval is None:
+        return
+    metrics = trainer.evaluate(eval_dataset=data.eval)
+    if "eval_loss" in metrics and kind in ("lm", "sft"):
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    scope = (f"all {len(data.eval)} validation samples" if data.eval_during is data.eval else
+             f"all {len(data.eval)} validation samples (the table's eval loss: a fixed subset of {len(data.eval_during)})")
+    runlog.add_section("Final evaluation", f"On {scope}" + (", answer tokens only" if kind == "sft" else "") + ":\n\n"
+                       + "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
+                                   for k, v in metrics.items()))
+
+
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
 
 
 RUN_RECIPE = "recipe.yaml"  # the recipe the run's checkpoints were trained with
@@ -315,26 +271,6 @@ def check_same_recipe(recipe: Recipe, saved: Path) -> None:
                         f"start over with RESUME=never (run.resume=never) or pick another RUN=<name>")
 
 
-def lm_collator(tokenizer):
-    """Causal-LM batches: labels = input_ids (the model shifts them), padding masked out with -100."""
-    return DataCollatorForLanguageModeling(tokenizer, mlm=False)
-
-
-def apply_lora(recipe: Recipe, model: PreTrainedModel) -> PreTrainedModel:
-    """Wrap the model with peft LoRA adapters when the recipe has `model.lora` (fewer GPUs, same Trainer path)."""
-    if not recipe.model.lora:
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    try:
-        config = LoraConfig(task_type="CAUSAL_LM", **recipe.model.lora)
-    except TypeError as e:
-        raise UserError(f"{recipe.where('model.lora')}: model.lora: {e}") from None
-    if recipe.training.get("activation_checkpointing"):
-        model.enable_input_require_grads()
-    return get_peft_model(model, config)
-
-
 def ranks_in_sync(trainer: Trainer) -> str | None:
     """Under DDP every rank must end with the same weights: compare a checksum of each rank's parameters."""
     import hashlib
@@ -356,26 +292,29 @@ def ranks_in_sync(trainer: Trainer) -> str | None:
     return f"{len(sums)} ranks, identical weights (sha256 {sums[0][:16]})"
 
 
-def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | None = None) -> Path:
-    """Write final/ (model, tokenizer, recipe, log) under a temporary name and swap it in, so a crash never leaves
-    a half-written final model, or one without its log."""
+def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | None = None, title: str = "") -> Path:
+    """Write final/ (model, generation preset, tokenizer, recipe, log, stage.json) under a temporary name and swap it
+    in, so a crash never leaves a half-written final model, or one without its log."""
     run_dir = recipe.run_dir
-    tmp, final, old = run_dir / ".final-tmp", run_dir / "final", run_dir / ".final-old"
+    tmp, final = run_dir / ".final-tmp", run_dir / "final"
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    # the recipe's preset as the model's generation_config.json: plain `model.generate()` decodes like `make generate`
+    model.generation_config = generation_config(recipe.generation, tokenizer, recipe.where("generation"))
     trainer.save_model(str(tmp))  # every rank takes part (DeepSpeed ZeRO-3 gathers the shards here)
     if trainer.is_world_process_zero():
+        limit = context_length(model.config)
+        if limit:
+            tokenizer.model_max_length = limit  # the real context, not transformers' 1e30 "unknown"
         tokenizer.save_pretrained(str(tmp))
         (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         if runlog is not None:
             runlog.write(tmp)
         for junk in ("training_args.bin",):  # pickled; the resolved recipe.yaml says the same, safely
             (tmp / junk).unlink(missing_ok=True)
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        write_marker(tmp, recipe, title or "training")
+        swap_in(tmp, final)
     trainer.accelerator.wait_for_everyone()
     return final

@@ -80,7 +80,7 @@ def history(run_dir):
 @pytest.mark.parametrize("ds_config", ["zero3.json", "zero3_offload.json"])
 def test_8x7b_recipe_runs_under_deepspeed_zero3(tmp_path, ds_config):
     args = " ".join([*TINY_8X7B_PATH, f"training.deepspeed=recipes/deepspeed/{ds_config}", f"run.output_root={tmp_path}"])
-    proc = make("train-mixtral", "LAUNCHER=deepspeed", "NPROC=1", "RECIPE=recipes/mixtral/8x7b-zero3.yaml",
+    proc = make("train-mixtral", "LAUNCHER=deepspeed", "NPROC=1", "RECIPE=recipes/mixtral/finetune-8x7b-zero3.yaml",
                 f"ARGS={args}", timeout=900)
     assert "deepspeed.launcher" in proc.stdout + proc.stderr
     run_dir = tmp_path / "mixtral-8x7b" / "zero3"
@@ -100,7 +100,7 @@ def test_8x7b_recipe_runs_under_deepspeed_zero3(tmp_path, ds_config):
 def test_two_processes_through_the_makefile_launcher_end_with_identical_weights(tmp_path):
     args = " ".join([*TINY_8X7B_PATH, "training.activation_checkpointing=false", "training.max_steps=4",
                      f"run.output_root={tmp_path}", "run.name=ddp", "generation.num_beams=5"])
-    proc = make("train-mixtral", "NPROC=2", "PUBLISH=no", "RECIPE=recipes/mixtral/poetry.yaml", f"ARGS={args}")
+    proc = make("train-mixtral", "NPROC=2", "PUBLISH=no", "RECIPE=recipes/mixtral/pretrain.yaml", f"ARGS={args}")
     assert "torch.distributed.run --nproc_per_node 2" in proc.stdout
     run_dir = tmp_path / "mixtral" / "ddp"
     sums = json.loads((run_dir / "rank_checksums.json").read_text())
@@ -118,7 +118,7 @@ def test_two_processes_through_the_makefile_launcher_end_with_identical_weights(
 def test_mixtral_recipe_mirrors_the_document():
     from shared.recipe import load_recipe
 
-    r = load_recipe(REPO / "recipes/mixtral/poetry.yaml")
+    r = load_recipe(REPO / "recipes/mixtral/pretrain.yaml")
     t = r.training
     assert (t["num_train_epochs"], t["per_device_train_batch_size"], t["gradient_accumulation_steps"]) == (50, 12, 6)
     assert (t["learning_rate"], t["weight_decay"], t["save_steps"], t["activation_checkpointing"]) == (5e-5, 0.01, 1000, True)
@@ -126,11 +126,11 @@ def test_mixtral_recipe_mirrors_the_document():
     assert (g["num_beams"], g["temperature"], g["top_k"], g["top_p"], g["repetition_penalty"]) == (5, 0.8, 30, 0.9, 1.5)
     assert (g["no_repeat_ngram_size"], g["length_penalty"], g["max_length"]) == (3, 1.2, 100)
     assert g["prompts"] == ["春天的花园，", "月光下的湖泊，", "山间的小路，", "夏日的午后，", "秋风吹过，"]
-    big = load_recipe(REPO / "recipes/mixtral/8x7b-zero3.yaml").training
+    big = load_recipe(REPO / "recipes/mixtral/finetune-8x7b-zero3.yaml").training
     assert (big["per_device_train_batch_size"], big["gradient_accumulation_steps"], big["warmup_steps"]) == (16, 4, 100)
     assert (big["num_train_epochs"], big["eval_steps"], big["logging_steps"]) == (20, 500, 100)
     assert big["deepspeed"] == "recipes/deepspeed/zero3.json"
-    lora = load_recipe(REPO / "recipes/mixtral/8x7b-lora.yaml")
+    lora = load_recipe(REPO / "recipes/mixtral/finetune-8x7b-lora.yaml")
     assert lora.model.lora["r"] > 0
 
 

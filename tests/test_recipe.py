@@ -40,7 +40,7 @@ def test_every_bundled_recipe_loads():
 
 
 def test_phi3_recipe_mirrors_the_document():
-    r = load_recipe(REPO / "recipes/phi3/poetry.yaml")
+    r = load_recipe(REPO / "recipes/phi3/pretrain.yaml")
     assert r.data.dataset == "Iess/chinese_modern_poetry" and r.data.fallback
     assert r.tokenizer.name == "hfl/chinese-roberta-wwm-ext"
     assert r.training["num_train_epochs"] == 3 and r.training["save_strategy"] == "steps"

@@ -2,11 +2,6 @@
 
     make generate MODEL=mixtral [PROMPT="秋风吹过，"] [RUN=poetry] [ARGS="num_beams=1"]
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from shared import generate
 from shared.errors import run_main
 
