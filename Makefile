@@ -82,11 +82,12 @@ export SLM_QUESTION = $(value QUESTION)
 export SLM_RUN      = $(value RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs
+.PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs \
+  phi2-clean nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
 
 help: ## list the targets
 	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PUBLISH):"
-	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Set-up and tests
 
@@ -121,6 +122,39 @@ train-mixtral: $(STAMP) ## Mixtral MoE poetry (tiny config); RECIPE=recipes/mixt
 estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no download: MODEL=mixtral-8x7b (or RECIPE=)
 	@test -n "$(or $(ESTIMATE_$(MODEL)),$(RECIPE))" || { echo "error: no estimate for MODEL=$(MODEL); pass RECIPE=<recipe.yaml>"; exit 2; }
 	$(PY) -m shared.estimate $(or $(RECIPE),$(ESTIMATE_$(MODEL)))
+
+##@ Phi-2 Chinese (train_phi2/)
+
+phi2-clean: $(STAMP) ## cleaning: full stops, repeated punctuation, width, whitespace, short/duplicate/near-duplicate records
+	$(PY) train_phi2/clean.py $(or $(RECIPE),recipes/phi2/clean.yaml) $(OVERRIDES) $(call publish,train_phi2/clean_log.md)
+
+runs/phi2/clean/$(DONE): | $(STAMP)
+	$(call chain,runs/phi2/clean,train_phi2/clean.py,phi2-clean,recipes/phi2/clean.yaml)
+
+##@ nanoGPT (train_nanogpt/)
+
+nanogpt-data: $(STAMP) ## instruction + chat sets -> chat format -> train.bin/val.bin (runs/nanogpt/data)
+	$(PY) train_nanogpt/create_first_training_data.py $(or $(RECIPE),recipes/nanogpt/data.yaml) $(OVERRIDES) \
+	  $(call publish,train_nanogpt/data_log.md)
+
+nanogpt-finetune-data: $(STAMP) | runs/nanogpt/data/$(DONE) ## conversations -> bins with the pretraining tokenizer
+	$(PY) train_nanogpt/create_first_training_data.py $(or $(RECIPE),recipes/nanogpt/finetune-data.yaml) \
+	  $(OVERRIDES) $(call publish,train_nanogpt/finetune-data_log.md)
+
+train-nanogpt: $(STAMP) | runs/nanogpt/data/$(DONE) ## pretrain our GPT on the bins (CPU-sized; the 124M config in the recipe)
+	$(call stage,train_nanogpt/train.py,recipes/nanogpt/pretrain.yaml,train_nanogpt/train_log.md)
+
+finetune-nanogpt: $(STAMP) | runs/nanogpt/pretrain/$(DONE) runs/nanogpt/finetune-data/$(DONE) ## finetune the pretrained GPT on conversations
+	$(call stage,train_nanogpt/train.py,recipes/nanogpt/finetune.yaml,train_nanogpt/finetune_log.md)
+
+runs/nanogpt/data/$(DONE): | $(STAMP)
+	$(call chain,runs/nanogpt/data,train_nanogpt/create_first_training_data.py,nanogpt-data,recipes/nanogpt/data.yaml)
+
+runs/nanogpt/finetune-data/$(DONE): | $(STAMP) runs/nanogpt/data/$(DONE)
+	$(call chain,runs/nanogpt/finetune-data,train_nanogpt/create_first_training_data.py,nanogpt-finetune-data,recipes/nanogpt/finetune-data.yaml)
+
+runs/nanogpt/pretrain/$(DONE): | $(STAMP) runs/nanogpt/data/$(DONE)
+	$(call chain,runs/nanogpt/pretrain,train_nanogpt/train.py,train-nanogpt,recipes/nanogpt/pretrain.yaml)
 
 ##@ Tools
 

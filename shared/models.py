@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-# TEMP-UNTIL-GPT: from . import gpt, lstm  # noqa: F401  (registers slm_gpt and slm_lstm with the Auto classes)
+from . import gpt  # noqa: F401  (registers slm_gpt with the Auto classes) TEMP: + lstm
 from .errors import UserError
 from .hub import load_or_fallback
 from .recipe import Recipe, resolve_path

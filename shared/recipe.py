@@ -71,6 +71,7 @@ class DataArgs:
     subset: str | None = None  # Hub dataset config name
     split: str = "train"
     path: str | None = None  # local file (jsonl/json/txt/csv/parquet) or folder; wins over `dataset`
+    bins: str | None = None  # a token-bin stage's output (train.bin/val.bin/meta.json): random windows instead
     fallback: str | None = None  # bundled local data used when the Hub dataset can't be loaded
     columns: dict = field(default_factory=dict)  # template field -> column of the source
     template: str = "{text}"  # how one record becomes one training text (trainer: lm)

@@ -33,6 +33,7 @@ from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
+from . import bins
 from .checkpoints import CompleteMarker, find_resume
 from .data import Provenance, load_source, pack, render, split_train_eval
 from .errors import UserError
@@ -41,7 +42,7 @@ from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_i
 from .models import context_length, describe_parameters
 from .recipe import Recipe, training_config_class
 from .runlog import RunLog, publish, run_facts
-from .stage import swap_in, write_marker
+from .stage import final_of, swap_in, write_marker
 from .tokenizer import load_tokenizer
 
 DEFAULT_TRAINING = dict(
@@ -69,8 +70,11 @@ class Data:
 
 
 def load_data(recipe: Recipe) -> Data:
-    """Source -> rendered columns (the trainer kind's) -> deterministic split -> tokenizer -> (lm) packed blocks."""
+    """Source -> rendered columns (the trainer kind's) -> deterministic split -> tokenizer -> (lm) packed blocks;
+    or, with `data.bins`, random windows of a token-bin stage's output."""
     spec, kind = recipe.data, recipe.trainer
+    if spec.bins:
+        return bin_data(recipe)
     templates = spec.templates or {"text": spec.template}
     if tuple(sorted(templates)) != tuple(sorted(COLUMNS[kind])):
         raise UserError(f"{recipe.where('data.templates')}: trainer {kind} needs data.templates for "
@@ -96,6 +100,34 @@ def load_data(recipe: Recipe) -> Data:
         note += (f"; evaluations during training use a fixed seeded subset of {len(during)} (data.eval_subset), "
                  f"the final evaluation all {n_eval}")
     return Data(tokenizer, train_rows, eval_rows, prov, tok_prov, during, [note])
+
+
+def bin_data(recipe: Recipe) -> Data:
+    """Token bins (shared/bins.py): training windows at positions drawn from (seed, index), so a resumed run reads
+    what an uninterrupted one would; evaluation on fixed windows tiled over val.bin. The bins' own tokenizer."""
+    spec, t = recipe.data, recipe.training
+    folder = final_of(spec.bins, "data.bins")
+    meta = bins.read_meta(folder)
+    tokenizer, tok_prov = load_tokenizer(recipe.tokenizer, None, "", cache_root(recipe))
+    if len(tokenizer) != meta["vocab_size"]:
+        raise UserError(f"{recipe.where('tokenizer.name')}: the tokenizer has {len(tokenizer)} tokens but {folder} "
+                        f"was written with {meta['vocab_size']}; use tokenizer.name: {spec.bins}")
+    steps = t.get("max_steps", -1)
+    per_step = t.get("per_device_train_batch_size", 8) * t.get("gradient_accumulation_steps", 1)
+    train_set = bins.BinWindows(folder / "train.bin", spec.block_size, per_step * steps if steps > 0 else None,
+                                seed=t.get("seed", 42))
+    evals = during = None
+    if (folder / "val.bin").is_file():
+        evals = bins.BinWindows(folder / "val.bin", spec.block_size, tiled=True)
+        during = evals if spec.eval_subset is None or len(evals) <= spec.eval_subset else \
+            bins.BinWindows(folder / "val.bin", spec.block_size, spec.eval_subset, tiled=True)
+    prov = Provenance(source=f"{spec.bins} (token bins)", fingerprint=meta["splits"]["train"]["sha256"],
+                      records=meta["splits"]["train"]["documents"])
+    note = (f"{meta['splits']['train']['tokens']:,} train tokens -> {len(train_set)} random windows of "
+            f"{spec.block_size} + 1 (seed {t.get('seed', 42)}); validation: {len(evals) if evals else 0} fixed windows")
+    if during is not evals:
+        note += f", {len(during)} of them (spread evenly) during training"
+    return Data(tokenizer, train_set, evals, prov, tok_prov, during, [note])
 
 
 def cache_root(recipe: Recipe) -> Path:
@@ -180,7 +212,9 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
         "resumed from": str(resume.relative_to(run_dir)) if resume else "– (fresh start)",
     })
     kwargs: dict = {}
-    if kind == "lm":
+    if isinstance(data.train, bins.BinWindows):  # windows carry their own labels (shift_labels: all block_size
+        args.remove_unused_columns = False  # targets of a block_size + 1 window, as nanoGPT trains)
+    elif kind == "lm":
         kwargs["data_collator"] = DataCollatorForLanguageModeling(data.tokenizer, mlm=False)
     if kind == "dpo" and not getattr(args, "precompute_ref_log_probs", False):
         kwargs["ref_model"] = frozen_copy(model)  # the reference: the starting model, frozen
@@ -232,6 +266,16 @@ def final_metrics(trainer: Trainer, data: Data, kind: str, runlog: RunLog) -> No
     runlog.add_section("Final evaluation", f"On {scope}" + (", answer tokens only" if kind == "sft" else "") + ":\n\n"
                        + "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
                                    for k, v in metrics.items()))
+
+
+class NoDecayOnEmbeddingsTrainer(Trainer):
+    """nanoGPT's AdamW groups: weight decay on the Linear weights only; none on norms, biases (the Trainer's own
+    rule) and embedding tables (wte, wpe; the tied lm_head is wte)."""
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        decay = set(super().get_decay_parameter_names(model))
+        return [n for n, p in model.named_parameters() if n in decay and id(p) not in embeddings]
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
