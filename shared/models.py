@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from . import gpt  # noqa: F401  (registers slm_gpt with the Auto classes) TEMP: + lstm
+from . import gpt, lstm  # noqa: F401  (registers slm_gpt and slm_lstm with the Auto classes)
 from .errors import UserError
 from .hub import load_or_fallback
 from .recipe import Recipe, resolve_path
