@@ -66,6 +66,7 @@ ESTIMATE_mixtral-8x7b := recipes/mixtral/finetune-8x7b-zero3.yaml recipes/mixtra
 
 # generation: make generate MODEL=phi3 [PROMPT="春天来了，"] [RUN=poetry] [ARGS="temperature=0.7"]
 MODEL       ?= phi3
+PORT        ?= 7860
 MODEL_DIR_phi3    := train_phi3
 MODEL_DIR_mixtral := train_mixtral
 MODEL_DIR_phi2    := train_phi2
@@ -82,8 +83,8 @@ export SLM_QUESTION = $(value QUESTION)
 export SLM_RUN      = $(value RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs \
-  phi2-clean nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
+.PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs chat \
+  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
 
 help: ## list the targets
 	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PUBLISH):"
@@ -128,8 +129,38 @@ estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no downl
 phi2-clean: $(STAMP) ## cleaning: full stops, repeated punctuation, width, whitespace, short/duplicate/near-duplicate records
 	$(PY) train_phi2/clean.py $(or $(RECIPE),recipes/phi2/clean.yaml) $(OVERRIDES) $(call publish,train_phi2/clean_log.md)
 
+phi2-tokenizer: $(STAMP) | runs/phi2/clean/$(DONE) ## byte-level BPE (or ARGS="stage.kind=char") on the cleaned text
+	$(PY) train_phi2/tokenizer.py $(or $(RECIPE),recipes/phi2/tokenizer.yaml) $(OVERRIDES) \
+	  $(call publish,train_phi2/tokenizer_log.md)
+
+train-phi2: $(STAMP) | runs/phi2/clean/$(DONE) runs/phi2/tokenizer/$(DONE) ## pretrain PhiForCausalLM (CPU-sized; the 0.2B config in the recipe)
+	$(call stage,train_phi2/train.py,recipes/phi2/pretrain.yaml,train_phi2/train_log.md)
+
+phi2-sft: $(STAMP) | runs/phi2/pretrain/$(DONE) ## SFT, answer-only loss (##提问: / ##回答:), from the pretrained model
+	$(call stage,train_phi2/train.py,recipes/phi2/sft.yaml,train_phi2/sft_log.md)
+
+phi2-dpo-data: $(STAMP) | runs/phi2/sft/$(DONE) ## DPO pairs: rejected answers from an early SFT checkpoint, similarity filter
+	$(PY) train_phi2/dpo_data.py $(or $(RECIPE),recipes/phi2/dpo-data.yaml) $(OVERRIDES) \
+	  $(call publish,train_phi2/dpo-data_log.md)
+
+phi2-dpo: $(STAMP) | runs/phi2/dpo-data/$(DONE) ## DPO (TRL) from the SFT model; rewards, margins, accuracies in the log
+	$(call stage,train_phi2/train.py,recipes/phi2/dpo.yaml,train_phi2/dpo_log.md)
+
 runs/phi2/clean/$(DONE): | $(STAMP)
 	$(call chain,runs/phi2/clean,train_phi2/clean.py,phi2-clean,recipes/phi2/clean.yaml)
+
+runs/phi2/tokenizer/$(DONE): | $(STAMP) runs/phi2/clean/$(DONE)
+	$(call chain,runs/phi2/tokenizer,train_phi2/tokenizer.py,phi2-tokenizer,recipes/phi2/tokenizer.yaml)
+
+# built from the bundled data even when the Hub is reachable (quick); `make train-phi2` / `make phi2-sft` for the full recipe
+runs/phi2/pretrain/$(DONE): | $(STAMP) runs/phi2/tokenizer/$(DONE)
+	$(call chain,runs/phi2/pretrain,train_phi2/train.py,train-phi2,recipes/phi2/pretrain.yaml data.dataset=null)
+
+runs/phi2/sft/$(DONE): | $(STAMP) runs/phi2/pretrain/$(DONE)
+	$(call chain,runs/phi2/sft,train_phi2/train.py,phi2-sft,recipes/phi2/sft.yaml data.dataset=null)
+
+runs/phi2/dpo-data/$(DONE): | $(STAMP) runs/phi2/sft/$(DONE)
+	$(call chain,runs/phi2/dpo-data,train_phi2/dpo_data.py,phi2-dpo-data,recipes/phi2/dpo-data.yaml data.dataset=null)
 
 ##@ nanoGPT (train_nanogpt/)
 
@@ -161,6 +192,10 @@ runs/nanogpt/pretrain/$(DONE): | $(STAMP) runs/nanogpt/data/$(DONE)
 generate: $(STAMP) ## generate with a trained model: MODEL=phi3|mixtral|phi2|nanogpt|minigl [PROMPT=...] [RUN=...]
 	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/generate.py" || { echo "error: unknown MODEL=$(MODEL) (phi3, mixtral, phi2, nanogpt, minigl)"; exit 2; }
 	$(PY) $(MODEL_DIR)/generate.py $(ARGS)
+
+chat: $(STAMP) ## chat with a chat model: MODEL=nanogpt|phi2|minigl [RUN=...] [PROMPT=... one answer]
+	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/chat.py" || { echo "error: MODEL=$(MODEL) has no chat (nanogpt, phi2, minigl)"; exit 2; }
+	$(PY) $(MODEL_DIR)/chat.py $(ARGS)
 
 bench: $(STAMP) ## training throughput + peak memory of each recipe's model on this machine (synthetic tokens)
 	$(PY) -m shared.bench $(or $(RECIPE),recipes/phi3/pretrain.yaml recipes/mixtral/pretrain.yaml) $(ARGS)

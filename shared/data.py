@@ -156,9 +156,11 @@ def render(ds: Dataset, spec: DataArgs, templates: dict[str, str], source: str =
             raise UserError(f"{source}: missing column '{column}' (template field '{name}'); "
                             f"columns are {', '.join(ds.column_names)}; map it with data.columns.{name}=<column>")
 
-    def one(template: str, values: dict) -> str:
-        used = {n: values[n] for n in template_fields(template)}
-        return template.format(**values).strip() if any(used.values()) else ""
+    def one(column: str, template: str, values: dict) -> str:
+        if not any(values[n] for n in template_fields(template)):
+            return ""
+        text = template.format(**values)  # a prompt keeps its trailing newline after the answer marker
+        return text.strip() if column == "text" else text
 
     def rows(batch: dict) -> dict:
         n = len(batch[ds.column_names[0]])
@@ -166,7 +168,7 @@ def render(ds: Dataset, spec: DataArgs, templates: dict[str, str], source: str =
         for i in range(n):
             values = {name: "" if batch[col][i] is None else str(batch[col][i]).strip() for name, col in mapping.items()}
             for column, template in templates.items():
-                out[column].append(one(template, values))
+                out[column].append(one(column, template, values))
         return out
 
     out = ds.map(rows, batched=True, remove_columns=ds.column_names, desc="rendering texts")
@@ -195,15 +197,19 @@ def split_train_eval(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
     return parts["train"], parts["test"]
 
 
-def pack(texts: Dataset, tokenizer, block_size: int, name: str = "train") -> Dataset:
-    """Tokenise texts, join them with EOS, and cut the stream into `block_size` blocks (the remainder is dropped)."""
+def pack(texts: Dataset, tokenizer, block_size: int, name: str = "train", add_bos: bool = False) -> Dataset:
+    """Tokenise texts, end each with EOS (and start it with BOS when asked), and cut the stream into `block_size`
+    blocks (the remainder is dropped): packing, so no position is spent on padding."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError("the tokenizer has no eos_token; packing needs one to separate documents")
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    if add_bos and not bos:
+        raise UserError("data.add_bos: the tokenizer has no bos_token")
 
     def tokenize(batch: dict) -> dict:
         ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [x + [eos] for x in ids]}
+        return {"input_ids": [bos + x + [eos] for x in ids]}
 
     def group(batch: dict) -> dict:
         stream = [t for ids in batch["input_ids"] for t in ids]

@@ -118,7 +118,7 @@ def generate(model, tokenizer, prompt: str, preset: dict, stream: bool = False) 
             config.min_new_tokens = room
     ids = ids.to(model.device)
     streamer = None
-    if stream and config.num_beams == 1:
+    if stream and (config.num_beams or 1) == 1:
         print(prompt, end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():

@@ -107,9 +107,10 @@ def check_config(config, where: str) -> None:
             raise UserError(f"{where}: {key} must be > 0, got {value}")
 
 
-def fit_tokenizer(config, tokenizer) -> None:
-    """The embedding table follows the tokenizer: len(tokenizer) rows (added tokens included), its special ids."""
-    config.vocab_size = len(tokenizer)
+def fit_tokenizer(config, tokenizer, multiple: int = 1) -> None:
+    """The embedding table follows the tokenizer: len(tokenizer) rows (added tokens included; not vocab_size, which
+    leaves them out), rounded up to `multiple` (64 keeps GPU matrix shapes efficient), and its special ids."""
+    config.vocab_size = -(-len(tokenizer) // multiple) * multiple
     config.pad_token_id = tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id
     config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -124,20 +125,36 @@ def build_model(recipe: Recipe, config, tokenizer=None) -> PreTrainedModel:
     """
     torch.manual_seed(recipe.training.get("seed", 42))
     remote = recipe.model.trust_remote_code
+    kwargs = {"attn_implementation": attention(recipe)} if recipe.model.attn_implementation else {}
     source = starting_point(recipe)
     if source is not None:
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(source), config=config, trust_remote_code=remote)
+            model = AutoModelForCausalLM.from_pretrained(str(source), config=config, trust_remote_code=remote, **kwargs)
         except (OSError, ValueError) as e:
             raise UserError(f"model.init_from: cannot load '{recipe.model.init_from}' ({str(e).splitlines()[0]})") from None
-        if tokenizer is not None and len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
+        if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             raise UserError(f"model.init_from: {source} has {model.get_input_embeddings().weight.shape[0]} token "
                             f"embeddings but the tokenizer has {len(tokenizer)} tokens: use the tokenizer it was "
                             f"trained with (tokenizer.name: {recipe.model.init_from})")
         return apply_lora(recipe, model)
     if tokenizer is not None:
-        fit_tokenizer(config, tokenizer)
-    return apply_lora(recipe, AutoModelForCausalLM.from_config(config, trust_remote_code=remote))
+        fit_tokenizer(config, tokenizer, recipe.model.vocab_multiple)
+    return apply_lora(recipe, AutoModelForCausalLM.from_config(config, trust_remote_code=remote, **kwargs))
+
+
+def attention(recipe: Recipe) -> str:
+    """The recipe's attention kernel; flash_attention_2 only where it can run, else one line saying why."""
+    choice = recipe.model.attn_implementation
+    if choice == "flash_attention_2":
+        import importlib.util
+
+        missing = [why for why, ok in (("a CUDA GPU", torch.cuda.is_available()),
+                                       ("the flash-attn package", importlib.util.find_spec("flash_attn") is not None))
+                   if not ok]
+        if missing:
+            raise UserError(f"{recipe.where('model.attn_implementation')}: model.attn_implementation="
+                            f"flash_attention_2 needs {' and '.join(missing)}; use sdpa (PyTorch's fused attention)")
+    return choice
 
 
 def apply_lora(recipe: Recipe, model: PreTrainedModel) -> PreTrainedModel:

@@ -54,6 +54,8 @@ class ModelArgs:
     init_from: str | None = None  # weights to start from (run folder, local path or Hub id); None = random init
     trust_remote_code: bool = False  # never on unless a recipe asks for it
     lora: dict | None = None  # peft LoraConfig fields; None = full fine-tune
+    attn_implementation: str | None = None  # sdpa | eager | flash_attention_2 (needs flash-attn and a GPU)
+    vocab_multiple: int = 1  # embedding rows rounded up to a multiple of this (64: the Phi-2 and nanoGPT configs)
 
 
 @dataclass
@@ -73,11 +75,13 @@ class DataArgs:
     path: str | None = None  # local file (jsonl/json/txt/csv/parquet) or folder; wins over `dataset`
     bins: str | None = None  # a token-bin stage's output (train.bin/val.bin/meta.json): random windows instead
     fallback: str | None = None  # bundled local data used when the Hub dataset can't be loaded
+    fallback_template: str | None = None  # the fallback's own layout, when it differs from the Hub dataset's
     columns: dict = field(default_factory=dict)  # template field -> column of the source
     template: str = "{text}"  # how one record becomes one training text (trainer: lm)
     templates: dict = field(default_factory=dict)  # sft: {prompt, completion}; dpo: {prompt, chosen, rejected}
     validation_fraction: float = 0.1
     block_size: int = 256  # tokens per training sequence
+    add_bos: bool = False  # start every document with the tokenizer's BOS (every document always ends with EOS)
     max_samples: int | None = None  # cap on records, for quick runs
     max_chars: int = 200_000  # a record longer than this is an error (catches a whole file on one line)
     eval_subset: int | None = 256  # evaluations during training use this many validation samples (seeded);
@@ -101,6 +105,7 @@ TRAINER_KINDS = ("lm", "sft", "dpo")  # transformers.Trainer, trl.SFTTrainer, tr
 CHOICES = {
     ("tokenizer", "fallback"): ("bpe", "none"),
     ("run", "precision"): ("auto", "bf16", "fp16", "fp32"),
+    ("model", "attn_implementation"): (None, "sdpa", "eager", "flash_attention_2"),
 }
 
 

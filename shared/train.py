@@ -5,11 +5,14 @@ Every stage that trains goes through `train()`, so every run gets the same preci
 checkpointing, crash-safe resume, non-finite-loss guard, final safetensors folder and run log, under plain Python,
 torchrun, `accelerate launch` or the `deepspeed` launcher alike, whichever trainer kind it uses.
 
-    args = train.training_arguments(recipe)      # first: under DeepSpeed ZeRO-3 they shard the model as it is built
-    config = models.model_config(recipe)          # checked before any data is read
-    data = train.load_data(recipe)                # lm: packed blocks; sft: prompt/completion; dpo: prompt/chosen/rejected
+    args = training_arguments(recipe)      # first: under DeepSpeed ZeRO-3 they shard the model as it is built
+    config = models.model_config(recipe)   # checked before any data is read
+    data = load_data(recipe)               # lm: packed blocks | bins: windows | sft: prompt/completion | dpo: +chosen/rejected
     model = models.build_model(recipe, config, data.tokenizer)
-    train.train(recipe, model, data, args=args, title="...", publish_log=opts.publish_log)
+    train(recipe, model, data, args=args, title=..., publish_log=...)
+
+is `main()`, which every model's train script calls with what is special about that model (its default recipe,
+a trainer subclass, extra log lines).
 
 Run layout:  runs/<model.name>/<run.name>/checkpoint-N/   resumable Trainer checkpoints (marked complete)
                                           final/           model.safetensors + config + generation_config (the
@@ -33,13 +36,12 @@ from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
-from . import bins
+from . import bins, cli, models
 from .checkpoints import CompleteMarker, find_resume
 from .data import Provenance, load_source, pack, render, split_train_eval
 from .errors import UserError
 from .generate import generation_config, samples_markdown
 from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
-from .models import context_length, describe_parameters
 from .recipe import Recipe, training_config_class
 from .runlog import RunLog, publish, run_facts
 from .stage import final_of, swap_in, write_marker
@@ -80,6 +82,8 @@ def load_data(recipe: Recipe) -> Data:
         raise UserError(f"{recipe.where('data.templates')}: trainer {kind} needs data.templates for "
                         f"{', '.join(COLUMNS[kind])}, got {', '.join(templates) or 'none'}")
     records, prov = load_source(spec)
+    if spec.fallback_template and not spec.templates and prov.source == spec.fallback:  # the bundled file's layout
+        templates = {"text": spec.fallback_template}
     rows = render(records, spec, templates, prov.source)
     train_rows, eval_rows = split_train_eval(rows, spec.validation_fraction, recipe.training.get("seed", 42))
     corpus = train_rows if kind == "lm" else train_rows.map(
@@ -88,8 +92,8 @@ def load_data(recipe: Recipe) -> Data:
                                          recipe.model.trust_remote_code)
     unit = "records"
     if kind == "lm":  # TRL's trainers tokenise prompt/completion/chosen/rejected themselves
-        train_rows = pack(train_rows, tokenizer, spec.block_size, "train")
-        eval_rows = pack(eval_rows, tokenizer, spec.block_size, "validation") if eval_rows is not None else None
+        train_rows = pack(train_rows, tokenizer, spec.block_size, "train", spec.add_bos)
+        eval_rows = pack(eval_rows, tokenizer, spec.block_size, "validation", spec.add_bos) if eval_rows is not None else None
         unit = f"blocks of {spec.block_size} tokens"
     during = eval_rows
     if eval_rows is not None and spec.eval_subset is not None and len(eval_rows) > spec.eval_subset:
@@ -128,6 +132,23 @@ def bin_data(recipe: Recipe) -> Data:
     if during is not evals:
         note += f", {len(during)} of them (spread evenly) during training"
     return Data(tokenizer, train_set, evals, prov, tok_prov, during, [note])
+
+
+def main(argv: list[str], default_recipe: str, title: str, *, config_fixed: dict | None = None,
+         trainer_cls: type | None = None, facts: Callable[[PreTrainedModel], dict[str, str]] | None = None,
+         extra_sections: Callable[[PreTrainedModel, Data], list[tuple[str, str]]] | None = None) -> Trainer:
+    """One training stage from the command line: `[recipe.yaml] [key=value ...] [--publish-log PATH]`."""
+    recipe, opts = cli.parse(argv, default_recipe, title)
+    args = training_arguments(recipe)
+    config = models.model_config(recipe, **(config_fixed or {}))
+    data = load_data(recipe)
+    model = models.build_model(recipe, config, data.tokenizer)
+    more = facts(model) if facts else {}
+    print(f"{title}: {models.describe_parameters(model)}; vocab {config.vocab_size}"
+          + "".join(f"; {k} {v}" for k, v in more.items()), flush=True)
+    return train(recipe, model, data, args=args, title=f"{title}: train log (run {recipe.run.name})", trainer_cls=trainer_cls,
+                 facts=more, publish_log=opts.publish_log,
+                 extra_sections=(lambda m: extra_sections(m, data)) if extra_sections else None)
 
 
 def cache_root(recipe: Recipe) -> Path:
@@ -208,7 +229,7 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
         **header, "trainer": f"{kind} ({trainer_cls.__name__ if trainer_cls else trainer_class(kind).__name__}, "
                              f"{type(args).__name__})",
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "parameters": describe_parameters(model), **data.facts(), **(facts or {}),
+        "parameters": models.describe_parameters(model), **data.facts(), **(facts or {}),
         "resumed from": str(resume.relative_to(run_dir)) if resume else "– (fresh start)",
     })
     kwargs: dict = {}
@@ -349,7 +370,7 @@ def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | Non
     model.generation_config = generation_config(recipe.generation, tokenizer, recipe.where("generation"))
     trainer.save_model(str(tmp))  # every rank takes part (DeepSpeed ZeRO-3 gathers the shards here)
     if trainer.is_world_process_zero():
-        limit = context_length(model.config)
+        limit = models.context_length(model.config)
         if limit:
             tokenizer.model_max_length = limit  # the real context, not transformers' 1e30 "unknown"
         tokenizer.save_pretrained(str(tmp))

@@ -1,0 +1,10 @@
+"""Complete a prompt with the newest Phi-2 model (pretrain, SFT or DPO run) and its preset: the document's greedy
+search with no_repeat_ngram_size=4, at most 256 new tokens, stopping at [EOS].
+
+    make generate MODEL=phi2 [PROMPT="苇川的春天"] [RUN=pretrain]
+"""
+from shared import generate
+from shared.errors import run_main
+
+if __name__ == "__main__":
+    run_main(lambda argv: generate.main(argv, model_name="phi2"))
