@@ -57,7 +57,7 @@ stage = $(LAUNCH) $(1) $(or $(RECIPE),$(2)) $(OVERRIDES) $(call publish,$(3))
 # its recipe's defaults (no overrides: ARGS=... meant for the late stage do not leak into it).
 DONE        := final/stage.json
 define chain
-	@echo ">> $(1) is missing: building it first with $(2) (make $(3))"
+	@echo ">> $(1) is missing: building it first with $(2) and its recipe's defaults (make $(3) for the full stage)"
 	$(PY) $(2) $(4)
 endef
 
@@ -84,7 +84,7 @@ export SLM_RUN      = $(value RUN)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs chat \
-  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
+  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo rag rag-eval nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
 
 help: ## list the targets
 	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PUBLISH):"
@@ -146,6 +146,16 @@ phi2-dpo-data: $(STAMP) | runs/phi2/sft/$(DONE) ## DPO pairs: rejected answers f
 phi2-dpo: $(STAMP) | runs/phi2/dpo-data/$(DONE) ## DPO (TRL) from the SFT model; rewards, margins, accuracies in the log
 	$(call stage,train_phi2/train.py,recipes/phi2/dpo.yaml,train_phi2/dpo_log.md)
 
+# the answering model: the newest of the DPO and SFT runs; on a fresh clone make builds a quick SFT model first
+RAG_MODEL = $(if $(wildcard runs/phi2/dpo/$(DONE)),runs/phi2/dpo,runs/phi2/sft)
+rag: $(STAMP) | $(RAG_MODEL)/$(DONE) ## RAG demo: FAISS + BM25 over the 苇川 encyclopedia/news, answered by Phi-2 [QUESTION=...] [DOCS=...]
+	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/phi2/rag.yaml) stage.model=$(RAG_MODEL) \
+	  $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES)
+
+rag-eval: $(STAMP) ## retrieval recall@1/3/5 (dense / BM25 / combined, per embedding model) -> train_phi2/rag_log.md
+	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/phi2/rag.yaml) $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES) \
+	  --eval $(call publish,train_phi2/rag_log.md)
+
 runs/phi2/clean/$(DONE): | $(STAMP)
 	$(call chain,runs/phi2/clean,train_phi2/clean.py,phi2-clean,recipes/phi2/clean.yaml)
 
@@ -186,6 +196,52 @@ runs/nanogpt/finetune-data/$(DONE): | $(STAMP) runs/nanogpt/data/$(DONE)
 
 runs/nanogpt/pretrain/$(DONE): | $(STAMP) runs/nanogpt/data/$(DONE)
 	$(call chain,runs/nanogpt/pretrain,train_nanogpt/train.py,train-nanogpt,recipes/nanogpt/pretrain.yaml)
+
+##@ MiniGLM (minigl/)
+
+.PHONY: minigl-data train-minigl finetune-minigl train-minigl-lstm eval-minigl gradio-minigl
+
+minigl-data: $(STAMP) ## news/encyclopedia, Zhihu, novella -> cleaned JSONL -> 90/10 token bins + QA train/eval files
+	$(PY) minigl/prepare_jynews.py recipes/minigl/jynews.yaml $(OVERRIDES) $(call publish,minigl/jynews_log.md)
+	$(PY) minigl/prepare_zhihudata.py recipes/minigl/zhihu.yaml $(OVERRIDES) $(call publish,minigl/zhihu_log.md)
+	$(PY) minigl/prepare.py recipes/minigl/data.yaml $(OVERRIDES) $(call publish,minigl/data_log.md)
+
+train-minigl: $(STAMP) | runs/minigl/data/$(DONE) ## pretrain our GPT on the bins (CPU-sized; the document-scale config in the recipe)
+	$(call stage,minigl/train.py,recipes/minigl/pretrain.yaml,minigl/pretrain_log.md)
+
+finetune-minigl: $(STAMP) | runs/minigl/pretrain/$(DONE) ## QA finetune ("Question: ... Answer:"), loss on the answer only
+	$(call stage,minigl/train.py,recipes/minigl/finetune.yaml,minigl/finetune_log.md)
+
+train-minigl-lstm: $(STAMP) | runs/minigl/data/$(DONE) ## the LSTM baseline: pretrain on the same bins, then the same QA finetune
+	$(call stage,minigl/lstm_model.py,recipes/minigl/lstm.yaml,minigl/lstm_log.md)
+	$(LAUNCH) minigl/lstm_model.py recipes/minigl/lstm-finetune.yaml $(OVERRIDES) $(call publish,minigl/lstm-finetune_log.md)
+
+eval-minigl: $(STAMP) | runs/minigl/finetune/$(DONE) runs/minigl/lstm-finetune/$(DONE) ## transformer vs LSTM: perplexity, Rouge-L, key recall, plots -> minigl/train_log.md
+	$(PY) minigl/evaluations.py $(or $(RECIPE),recipes/minigl/eval.yaml) $(OVERRIDES) $(call publish,minigl/train_log.md)
+
+gradio-minigl: $(STAMP) ## web page for a trained MiniGLM run [RUN=finetune] [ARGS="--port 7861"]
+	$(PY) minigl/sample_gradio.py $(ARGS)
+
+runs/minigl/jynews/$(DONE): | $(STAMP)
+	$(call chain,runs/minigl/jynews,minigl/prepare_jynews.py,minigl-data,recipes/minigl/jynews.yaml)
+
+runs/minigl/zhihu/$(DONE): | $(STAMP)
+	$(call chain,runs/minigl/zhihu,minigl/prepare_zhihudata.py,minigl-data,recipes/minigl/zhihu.yaml)
+
+runs/minigl/data/$(DONE): | $(STAMP) runs/minigl/jynews/$(DONE) runs/minigl/zhihu/$(DONE)
+	$(call chain,runs/minigl/data,minigl/prepare.py,minigl-data,recipes/minigl/data.yaml)
+
+runs/minigl/pretrain/$(DONE): | $(STAMP) runs/minigl/data/$(DONE)
+	$(call chain,runs/minigl/pretrain,minigl/train.py,train-minigl,recipes/minigl/pretrain.yaml)
+
+runs/minigl/finetune/$(DONE): | $(STAMP) runs/minigl/pretrain/$(DONE)
+	$(call chain,runs/minigl/finetune,minigl/train.py,finetune-minigl,recipes/minigl/finetune.yaml)
+
+runs/minigl/lstm/$(DONE): | $(STAMP) runs/minigl/data/$(DONE)
+	$(call chain,runs/minigl/lstm,minigl/lstm_model.py,train-minigl-lstm,recipes/minigl/lstm.yaml)
+
+runs/minigl/lstm-finetune/$(DONE): | $(STAMP) runs/minigl/lstm/$(DONE)
+	$(call chain,runs/minigl/lstm-finetune,minigl/lstm_model.py,train-minigl-lstm,recipes/minigl/lstm-finetune.yaml)
 
 ##@ Tools
 

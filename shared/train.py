@@ -377,6 +377,7 @@ def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | Non
         (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         if runlog is not None:
             runlog.write(tmp)
+            (tmp / "log_history.json").write_text(json.dumps(runlog.log_history, indent=0), encoding="utf-8")
         for junk in ("training_args.bin",):  # pickled; the resolved recipe.yaml says the same, safely
             (tmp / junk).unlink(missing_ok=True)
         write_marker(tmp, recipe, title or "training")

@@ -41,6 +41,11 @@ def early_checkpoint(run: str, fraction: float):
     return min(found, key=lambda f: abs(f[0] - fraction * last))
 
 
+def too_similar(chosen: str, rejected: str, limit: float) -> bool:
+    """A rejected answer that (nearly) repeats the chosen one, or says nothing, teaches DPO nothing."""
+    return not rejected.strip() or rouge_l(chosen, rejected) > limit
+
+
 def main(argv):
     recipe, opts = cli.parse(argv, "recipes/phi2/dpo-data.yaml", __doc__.splitlines()[0], stage=DPOData)
     s = recipe.stage
@@ -59,8 +64,7 @@ def main(argv):
             continue
         prompt = s.prompt_template.format(**{k: v or "" for k, v in r.items()})
         answer = generate.generate(model, tok, prompt, preset)[len(prompt):].strip()
-        similarity = rouge_l(r["output"], answer)
-        (dropped if similarity > s.max_similarity or not answer else kept).append({**r, "rejected": answer})
+        (dropped if too_similar(r["output"], answer, s.max_similarity) else kept).append({**r, "rejected": answer})
     with stage.output(recipe, "Phi-2 DPO pairs", publish_log=opts.publish_log) as out:
         with open(out.dir / "pairs.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)

@@ -1,0 +1,120 @@
+"""Phi-2 Chinese: [EOS]/[BOS] placement and packing, the SFT answer-only mask token by token, the DPO similarity
+filter, and a tiny clean -> tokenizer -> pretrain -> reload -> generate -> SFT -> DPO chain on CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO, log_history, run
+from datasets import Dataset
+
+from shared.data import pack
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """The Phi-2 stages as the make targets run them, tiny: each stage reads the previous one's final/."""
+    root = tmp_path_factory.mktemp("runs")
+    run(["train_phi2/clean.py", f"run.output_root={root}", "stage.workers=1"])
+    run(["train_phi2/tokenizer.py", f"run.output_root={root}", f"stage.input={root}/phi2/clean",
+         "stage.min_frequency=2", "stage.vocab_size=2000"])
+    tiny = ["model.overrides={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 2, "
+            "num_key_value_heads: 2}",
+            "data.block_size=64", "training.per_device_train_batch_size=8", "training.logging_steps=2",
+            "generation.max_new_tokens=8"]
+    run(["train_phi2/train.py", *tiny, f"run.output_root={root}", f"tokenizer.name={root}/phi2/tokenizer",
+         f"data.fallback={root}/phi2/clean/final/clean.jsonl", "data.dataset=null", "training.max_steps=40",
+         "training.eval_steps=20", "training.save_steps=20", "training.learning_rate=3e-3"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer(chain):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(chain / "phi2" / "tokenizer" / "final")
+
+
+def test_every_document_ends_with_eos_and_bos_is_a_switch(tokenizer):
+    texts = Dataset.from_list([{"text": "苇川的春天来得早。"}, {"text": "河上有船。"}, {"text": "岸边有柳。"}])
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    plain = [t for block in pack(texts, tokenizer, 4)["input_ids"] for t in block]
+    with_bos = [t for block in pack(texts, tokenizer, 4, add_bos=True)["input_ids"] for t in block]
+    ids = [tokenizer(t["text"], add_special_tokens=False).input_ids for t in texts]
+    stream = [t for x in ids for t in x + [eos]]
+    assert plain == stream[: len(stream) // 4 * 4]  # packed: documents run on across blocks, nothing padded
+    stream = [t for x in ids for t in [bos] + x + [eos]]
+    assert with_bos == stream[: len(stream) // 4 * 4] and plain.count(eos) >= 2 and bos not in plain
+
+
+@pytest.mark.slow
+def test_pretraining_lowers_the_loss_and_the_model_reloads_and_generates(chain):
+    from transformers import AutoModelForCausalLM
+
+    run_dir = chain / "phi2" / "pretrain"
+    losses = [e["loss"] for e in log_history(run_dir) if "loss" in e]
+    assert losses[-1] < losses[0] - 1.0, losses
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    assert type(model).__name__ == "PhiForCausalLM" and model.config.vocab_size % 64 == 0
+    assert model.generation_config.no_repeat_ngram_size == 4 and model.generation_config.do_sample is False
+    assert "sdpa" in model.config._attn_implementation
+    proc = run(["train_phi2/generate.py", "--root", str(chain), "--run", "pretrain", "--prompt", "苇川的春天"])
+    assert "苇川的春天" in proc.stdout and "no_repeat_ngram_size=4" in proc.stdout
+
+
+@pytest.mark.slow
+def test_sft_loss_covers_the_answer_and_eos_only(chain, tmp_path):
+    from shared import models, train
+    from shared.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes/phi2/sft.yaml", [
+        f"run.output_root={chain}", f"model.init_from={chain}/phi2/pretrain", f"tokenizer.name={chain}/phi2/pretrain",
+        "data.dataset=null", "data.max_samples=16", "training.max_steps=1", "training.eval_strategy=no",
+        "training.save_strategy=no"])
+    data = train.load_data(recipe)
+    model = models.build_model(recipe, models.model_config(recipe), data.tokenizer)
+    tok = data.tokenizer
+    trainer = train.trainer_class("sft")(model=model, args=train.training_arguments(recipe), train_dataset=data.train,
+                                         processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    rows = {r["prompt"] + r["completion"]: r for r in data.train}
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
+        first = next(i for i, label in enumerate(labels) if label != -100)
+        prompt, answer = tok.decode(ids[:first]), tok.decode(ids[first:], skip_special_tokens=True)
+        assert prompt.endswith("##回答:\n") and prompt.startswith("##提问:")  # everything up to the marker: no loss
+        assert all(label != -100 for label in labels[first:])  # the whole answer carries loss ...
+        assert ids[-1] == tok.eos_token_id and labels[-1] == tok.eos_token_id  # ... and so does [EOS]
+        assert any(r["completion"] == answer for r in rows.values()), answer
+
+
+def test_dpo_pairs_drop_a_rejected_answer_too_similar_to_the_chosen():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dpo_data", REPO / "train_phi2/dpo_data.py")
+    dpo_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dpo_data)
+    chosen = "本周六上午九点到十二点停水，请提前储水。"
+    assert dpo_data.too_similar(chosen, chosen, 0.9)
+    assert dpo_data.too_similar(chosen, "本周六上午九点到十二点停水，请提前储水", 0.9)  # a full stop apart
+    assert not dpo_data.too_similar(chosen, "周六停水。", 0.9)  # Rouge-L F = 0.4
+    assert dpo_data.too_similar(chosen, "   ", 0.9)  # an empty answer teaches nothing
+    assert not dpo_data.too_similar(chosen, "Water off on Saturday.", 0.9)
+
+
+@pytest.mark.slow
+def test_dpo_learns_to_prefer_the_chosen_answers(chain, tmp_path):
+    rows = [{"instruction": f"第{i}个问题：苇川的河叫什么？", "input": "", "output": "苇川的河叫长河。",
+             "rejected": "我不知道你在说什么东西。"} for i in range(16)]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    run(["train_phi2/train.py", "recipes/phi2/dpo.yaml", f"run.output_root={chain}",
+         f"model.init_from={chain}/phi2/pretrain", f"tokenizer.name={chain}/phi2/pretrain", f"data.path={pairs}",
+         "validation_fraction=0", "training.num_train_epochs=4", "training.learning_rate=1e-3",
+         "training.per_device_train_batch_size=4", "training.logging_steps=1", "training.eval_strategy=no",
+         "training.save_strategy=no", "generation.max_new_tokens=4"])
+    history = json.loads((chain / "phi2" / "dpo" / "final" / "log_history.json").read_text())
+    accuracies = [e["rewards/accuracies"] for e in history if "rewards/accuracies" in e]
+    log = (chain / "phi2" / "dpo" / "final" / "train_log.md").read_text(encoding="utf-8")
+    assert accuracies and max(accuracies[-4:]) >= 0.75, accuracies  # clearly above chance (0.5)
+    assert "rewards/margins" in log and "eval_perplexity" not in log
