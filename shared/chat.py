@@ -37,7 +37,6 @@ Reads stdin line by line, so a pipe can drive it: `printf 'Hello\\nHow are you?\
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -49,9 +48,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import UserError, run_main
-from .generate import find_run, generation_config, load
+from .generate import generation_config, open_run, preset_overrides, run_parser
 from .models import context_length
-from .recipe import _suggest, check_generation_keys, parse_override
+from .recipe import _suggest
 
 DEFAULT_NEW_TOKENS = 256  # when the preset has no max_new_tokens
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
@@ -332,32 +331,20 @@ def repl(chat: Chat, name: str, show_prompt: bool = False) -> int:
 
 
 def main(argv: list[str], model_name: str | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Chat with a trained slm model in the turn format of its recipe.")
-    if model_name is None:
-        parser.add_argument("model", help="nanogpt | phi2 | minigl | ... (a folder under runs/)")
-    parser.add_argument("--run", default=os.environ.get("SLM_RUN") or None,
-                        help="run name under runs/<model>/ or a folder (default: newest)")
-    parser.add_argument("--root", default="runs", help="runs folder (default: runs)")
+    parser = run_parser("Chat with a trained slm model in the turn format of its recipe.", model_name,
+                        "nanogpt | phi2 | minigl | ... (a folder under runs/)")
     parser.add_argument("--prompt", action="append",
                         help="answer this and exit (repeatable: the turns of one conversation; default: $SLM_PROMPT, "
                              "else the interactive REPL)")
     parser.add_argument("--show-prompt", action="store_true", help="print each full prompt (to stderr)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", help="generation key=value (e.g. temperature=0.7 top_k=40)")
     args = parser.parse_intermixed_args(argv)  # options may come after the model's name
     name = model_name or args.model
-    overrides = dict(parse_override(text) for text in args.overrides)
-    overrides = {key.removeprefix("generation."): value for key, value in overrides.items()}
-    check_generation_keys(overrides, "chat")  # before loading anything
-    path = find_run(name, args.run, args.root)
-    model, tok, recipe = load(path)
-    preset = {**(recipe.get("generation") or {}), **overrides}
+    path, model, tok, preset = open_run(args, model_name, preset_overrides(args, "chat"))
     fmt = ChatFormat.from_preset(preset, str(path / "recipe.yaml"))
     streaming_config(preset, tok)  # a bad value: one line now, not at the first message
     print(f"model: {path}  |  preset: " + ", ".join(f"{k}={v}" for k, v in decoding(preset).items()
                                                    if k not in ("prompts", "chat_format")),
           file=sys.stderr, flush=True)
-    torch.manual_seed(args.seed)
     chat = Chat(model, tok, preset, fmt)
     prompts = args.prompt or ([os.environ["SLM_PROMPT"]] if os.environ.get("SLM_PROMPT") else None)
     if prompts:

@@ -141,29 +141,45 @@ def samples_markdown(model, tokenizer, preset: dict, seed: int = 0) -> str:
     return "\n\n".join(blocks) or "(the preset has no prompts)"
 
 
-def main(argv: list[str], model_name: str | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate with a trained slm model and its decoding preset.")
+def run_parser(description: str, model_name: str | None, models: str) -> argparse.ArgumentParser:
+    """The arguments every command that opens a trained run shares (generate, chat, the web UI)."""
+    parser = argparse.ArgumentParser(description=description)
     if model_name is None:
-        parser.add_argument("model", help="phi3 | mixtral | phi2 | nanogpt | minigl")
+        parser.add_argument("model", help=models)
     parser.add_argument("--run", default=os.environ.get("SLM_RUN") or None,
                         help="run name under runs/<model>/ or a folder (default: newest)")
     parser.add_argument("--root", default="runs", help="runs folder (default: runs)")
-    parser.add_argument("--prompt", action="append",
-                        help="prompt (repeatable; default: $SLM_PROMPT, else the preset's prompts)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="generation key=value (e.g. temperature=0.7)")
-    args = parser.parse_args(argv)
-    name = model_name or args.model
+    return parser
+
+
+def preset_overrides(args, where: str) -> dict:
+    """The command line's generation key=value pairs, checked against GenerationConfig before anything loads."""
     overrides = dict(parse_override(text) for text in args.overrides)
     overrides = {key.removeprefix("generation."): value for key, value in overrides.items()}
-    check_generation_keys(overrides, "generate")  # before loading anything
-    path = find_run(name, args.run, args.root)
+    check_generation_keys(overrides, where)
+    return overrides
+
+
+def open_run(args, model_name: str | None, overrides: dict):
+    """(final folder, model, tokenizer, preset = the run's recipe preset + the command line's overrides)."""
+    path = find_run(model_name or args.model, args.run, args.root)
     model, tok, recipe = load(path)
-    preset = {**(recipe.get("generation") or {}), **overrides}
+    torch.manual_seed(args.seed)
+    return path, model, tok, {**(recipe.get("generation") or {}), **overrides}
+
+
+def main(argv: list[str], model_name: str | None = None) -> None:
+    parser = run_parser("Generate with a trained slm model and its decoding preset.", model_name,
+                        "phi3 | mixtral | phi2 | nanogpt | minigl")
+    parser.add_argument("--prompt", action="append",
+                        help="prompt (repeatable; default: $SLM_PROMPT, else the preset's prompts)")
+    args = parser.parse_args(argv)
+    path, model, tok, preset = open_run(args, model_name, preset_overrides(args, "generate"))
     prompts = args.prompt or ([os.environ["SLM_PROMPT"]] if os.environ.get("SLM_PROMPT") else None) \
         or preset.get("prompts") or [""]
     print(f"model: {path}  |  preset: " + ", ".join(f"{k}={v}" for k, v in preset.items() if k != "prompts"), flush=True)
-    torch.manual_seed(args.seed)
     for prompt in prompts:
         print("-" * 60, flush=True)
         generate(model, tok, prompt, preset, stream=True)

@@ -137,6 +137,7 @@ class GPTPreTrainedModel(PreTrainedModel):
     config_class = GPTConfig
     config: GPTConfig
     base_model_prefix = "transformer"
+    _input_embed_layer = "wte"  # what transformers' get/set_input_embeddings look for
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     _supports_sdpa = True
@@ -178,12 +179,6 @@ class GPTModel(GPTPreTrainedModel):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.wte
-
-    def set_input_embeddings(self, new_embeddings):
-        self.wte = new_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 use_cache=None, past_key_values=None, **kwargs) -> BaseModelOutputWithPast:
@@ -243,20 +238,15 @@ def _attention_mask(attention_mask: torch.Tensor | None, q_len: int, past: int, 
     return mask
 
 
-class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+class TiedHeadGenerationMixin(GenerationMixin):  # the name ends in GenerationMixin: transformers checks that
+    """What our causal LMs share around their base model (`getattr(self, base_model_prefix)`, whose `wte` is the
+    token embedding): a tied `lm_head`, the embedding accessors transformers and TRL use, and logits + the loss."""
 
-    def __init__(self, config: GPTConfig):
-        super().__init__(config)
-        self.transformer = GPTModel(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+    def attach(self, base: nn.Module) -> None:
+        """In __init__: the base model under `base_model_prefix`, the head over its width, tied by post_init."""
+        setattr(self, self.base_model_prefix, base)
+        self.lm_head = nn.Linear(base.wte.embedding_dim, base.wte.num_embeddings, bias=False)
         self.post_init()  # ties lm_head to wte when config.tie_word_embeddings
-
-    def get_input_embeddings(self):
-        return self.transformer.wte
-
-    def set_input_embeddings(self, new_embeddings):
-        self.transformer.wte = new_embeddings
 
     def get_output_embeddings(self):
         return self.lm_head
@@ -269,10 +259,11 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
                 past_key_values=None, **kwargs) -> CausalLMOutputWithPast:
         """`labels` are the input ids (-100 = ignored); the shift by one happens in the loss. `shift_labels` are
         already-shifted targets, one per position (nanoGPT's y for a block_size + 1 window); they win over `labels`.
-        `logits_to_keep=k` computes logits for the last k positions only (generate uses 1 during the prefill)."""
-        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
-                               use_cache=use_cache)
+        `logits_to_keep=k` computes logits for the last k positions only (generate uses 1 during the prefill).
+        `past_key_values` is transformers' older name of `cache`."""
+        out = getattr(self, self.base_model_prefix)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            cache=cache if cache is not None else past_key_values, use_cache=use_cache)
         h = out.last_hidden_state
         if isinstance(logits_to_keep, int):
             h = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
@@ -285,6 +276,16 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels,
                                       **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+
+
+class GPTForCausalLM(GPTPreTrainedModel, TiedHeadGenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.attach(GPTModel(config))
+
+    forward = TiedHeadGenerationMixin.forward  # nn.Module's placeholder would win in the method order otherwise
 
 
 # Importing this module is what makes "slm_gpt" checkpoints loadable through the Auto classes. exist_ok: a second

@@ -26,20 +26,18 @@ import math
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import (AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedConfig,
+from transformers import (AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedConfig,
                           PreTrainedModel)
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from .gpt import TiedHeadGenerationMixin
 
 
 @strict
 class LSTMConfig(PreTrainedConfig):
     model_type = "slm_lstm"
-    attribute_map = {
-        "hidden_size": "n_embd",
-        "num_hidden_layers": "n_layer",
-        "max_position_embeddings": "block_size",
-    }
+    attribute_map = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "max_position_embeddings": "block_size"}
 
     vocab_size: int = 50304
     n_embd: int = 512
@@ -74,6 +72,7 @@ class LSTMPreTrainedModel(PreTrainedModel):
     config_class = LSTMConfig
     config: LSTMConfig
     base_model_prefix = "model"
+    _input_embed_layer = "wte"  # what transformers' get/set_input_embeddings look for
     _is_stateful = True
     supports_gradient_checkpointing = True  # TRL's SFT/DPO configs turn activation checkpointing on by default
 
@@ -106,12 +105,6 @@ class LSTMModel(LSTMPreTrainedModel):
         self.drop_out = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False  # set by activation_checkpointing_enable()
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.wte
-
-    def set_input_embeddings(self, new_embeddings):
-        self.wte = new_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, cache=None, inputs_embeds=None, use_cache=None,
                 past_key_values=None, **kwargs) -> BaseModelOutputWithPast:
@@ -184,46 +177,14 @@ class LSTMModel(LSTMPreTrainedModel):
             cache.layers[i].has_previous_state[0] = True
 
 
-class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
+class LSTMForCausalLM(LSTMPreTrainedModel, TiedHeadGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.wte.weight"}
 
     def __init__(self, config: LSTMConfig):
         super().__init__(config)
-        self.model = LSTMModel(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.post_init()  # ties lm_head to wte when config.tie_word_embeddings
+        self.attach(LSTMModel(config))
 
-    def get_input_embeddings(self):
-        return self.model.wte
-
-    def set_input_embeddings(self, new_embeddings):
-        self.model.wte = new_embeddings
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
-
-    def forward(self, input_ids=None, attention_mask=None, cache=None, inputs_embeds=None, labels=None,
-                shift_labels=None, use_cache=None, logits_to_keep: int | torch.Tensor = 0, past_key_values=None,
-                **kwargs) -> CausalLMOutputWithPast:
-        """`labels` are the input ids (-100 = ignored); the shift by one happens in the loss. `shift_labels` are
-        already-shifted targets, one per position; they win over `labels`."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                         cache=cache if cache is not None else past_key_values, use_cache=use_cache)
-        h = out.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            h = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
-        else:
-            h = h[:, logits_to_keep]
-        logits = self.lm_head(h)
-        loss = None
-        if labels is not None or shift_labels is not None:
-            shift_labels = shift_labels.contiguous() if shift_labels is not None else None  # the loss .view()s it
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels,
-                                      **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+    forward = TiedHeadGenerationMixin.forward  # nn.Module's placeholder would win in the method order otherwise
 
 
 # Importing this module is what makes "slm_lstm" checkpoints loadable through the Auto classes.

@@ -101,7 +101,6 @@ FREE_SECTIONS = ("training", "generation", "stage")  # checked against TrainingA
 #                                                      GenerationConfig, and the stage script's own dataclass
 PRESET_ONLY = ("prompts", "chat_format")  # generation keys that are ours, not GenerationConfig fields
 ALL_SECTIONS = ("trainer",) + tuple(SECTION_TYPES) + FREE_SECTIONS
-TRAINER_KINDS = ("lm", "sft", "dpo")  # transformers.Trainer, trl.SFTTrainer, trl.DPOTrainer
 CHOICES = {
     ("tokenizer", "fallback"): ("bpe", "none"),
     ("run", "precision"): ("auto", "bf16", "fp16", "fp32"),
@@ -158,19 +157,22 @@ def redact_secrets(obj: Any) -> Any:
 # type checking of values against dataclass annotations
 
 
+TRAINERS = {"lm": ("transformers", "Trainer", "TrainingArguments"), "sft": ("trl", "SFTTrainer", "SFTConfig"),
+            "dpo": ("trl", "DPOTrainer", "DPOConfig")}
+
+
+def trainer_classes(kind: str) -> tuple[type, type]:
+    """A trainer kind's (trainer class, config class): the config class validates the recipe's `training` section
+    and receives it. Imported on demand (trl is slow to import)."""
+    import importlib
+
+    module, trainer, config = TRAINERS[kind]
+    module = importlib.import_module(module)
+    return getattr(module, trainer), getattr(module, config)
+
+
 def training_config_class(kind: str) -> type:
-    """The config class that validates (and later receives) a recipe's `training` section."""
-    if kind == "sft":
-        from trl import SFTConfig
-
-        return SFTConfig
-    if kind == "dpo":
-        from trl import DPOConfig
-
-        return DPOConfig
-    from transformers import TrainingArguments
-
-    return TrainingArguments
+    return trainer_classes(kind)[1]
 
 
 def dataclass_fields(cls: type) -> dict[str, Any]:
@@ -340,8 +342,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: typ
 
     overrides = [parse_override(o) + (o,) for o in overrides or []]
     kind = next((v for k, v, _ in reversed(overrides) if k == "trainer"), raw.get("trainer", "lm"))
-    if kind not in TRAINER_KINDS:
-        raise UserError(f"{where('trainer')}: trainer must be one of {', '.join(TRAINER_KINDS)}, got {kind!r}")
+    if kind not in TRAINERS:
+        raise UserError(f"{where('trainer')}: trainer must be one of {', '.join(TRAINERS)}, got {kind!r}")
     training_cls = training_config_class(kind)
     training_fields = dataclass_fields(training_cls)
     stage_fields = dataclass_fields(stage) if stage is not None else None
@@ -423,7 +425,7 @@ class _Anything(set):
 
 def _other_trainers_fields(kind: str) -> set[str]:
     """Fields another trainer kind has (a DPO key in an LM recipe): named as such in the error."""
-    return {name for other in TRAINER_KINDS if other != kind for name in dataclass_fields(training_config_class(other))}
+    return {name for other in TRAINERS if other != kind for name in dataclass_fields(training_config_class(other))}
 
 
 def check_values(recipe: Recipe) -> None:

@@ -42,7 +42,7 @@ from .data import Provenance, load_source, pack, render, split_train_eval
 from .errors import UserError
 from .generate import generation_config, samples_markdown
 from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
-from .recipe import Recipe, training_config_class
+from .recipe import Recipe, trainer_classes, training_config_class
 from .runlog import RunLog, publish, run_facts
 from .stage import final_of, swap_in, write_marker
 from .tokenizer import load_tokenizer
@@ -190,15 +190,7 @@ def training_arguments(recipe: Recipe, **fixed) -> TrainingArguments:
 
 
 def trainer_class(kind: str) -> type:
-    if kind == "sft":
-        from trl import SFTTrainer
-
-        return SFTTrainer
-    if kind == "dpo":
-        from trl import DPOTrainer
-
-        return DPOTrainer
-    return Trainer
+    return trainer_classes(kind)[0]
 
 
 def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, args: TrainingArguments | None = None,

@@ -15,7 +15,6 @@ on 127.0.0.1 unless --host says otherwise, and a port already in use is one line
 """
 from __future__ import annotations
 
-import argparse
 import html
 import os
 import socket
@@ -24,13 +23,11 @@ import traceback
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
 import gradio as gr  # noqa: E402
-import torch  # noqa: E402
 
 from . import chat  # noqa: E402
 from .errors import UserError, run_main  # noqa: E402
-from .generate import find_run, load  # noqa: E402
+from .generate import open_run, preset_overrides, run_parser  # noqa: E402
 from .models import context_length  # noqa: E402
-from .recipe import check_generation_keys, parse_override  # noqa: E402
 
 
 def answers(model, tokenizer, preset: dict, text: str, temperature: float, top_k: int, max_new_tokens: int):
@@ -118,29 +115,18 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bo
 
 
 def serve(argv: list[str], model_name: str | None = None) -> None:
-    parser = argparse.ArgumentParser(description="A web page to try a trained slm model (Gradio).")
-    if model_name is None:
-        parser.add_argument("model", help="minigl | nanogpt | phi2 | ... (a folder under runs/)")
-    parser.add_argument("--run", default=os.environ.get("SLM_RUN") or None,
-                        help="run name under runs/<model>/ or a folder (default: newest)")
-    parser.add_argument("--root", default="runs", help="runs folder (default: runs)")
+    parser = run_parser("A web page to try a trained slm model (Gradio).", model_name,
+                        "minigl | nanogpt | phi2 | ... (a folder under runs/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", help="generation key=value (e.g. top_p=0.9)")
     args = parser.parse_intermixed_args(argv)
     name = model_name or args.model
-    overrides = dict(parse_override(text) for text in args.overrides)
-    overrides = {key.removeprefix("generation."): value for key, value in overrides.items()}
-    check_generation_keys(overrides, "webui")
+    overrides = preset_overrides(args, "webui")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be 1..65535, got {args.port}")
     if not port_free(args.host, args.port):  # before the minutes a model can take to load
         raise port_taken(args.host, args.port)
-    path = find_run(name, args.run, args.root)
-    model, tok, recipe = load(path)
-    preset = {**(recipe.get("generation") or {}), **overrides}
-    torch.manual_seed(args.seed)
+    path, model, tok, preset = open_run(args, model_name, overrides)
     print(f"model: {path}", file=sys.stderr, flush=True)
     launch(build(model, tok, preset, title=f"slm: {name} ({path.parent.name})"), args.host, args.port)
 
