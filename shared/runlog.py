@@ -207,8 +207,11 @@ def now_utc() -> str:
 
 def run_facts() -> dict[str, str]:
     """What every log's header records: when, which commit, the command, the machine and the packages."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    busy = f"; load average {load:.1f} at the start (other work shares the CPU: timings are slower)" \
+        if load is not None and load > (os.cpu_count() or 1) * 0.75 else ""
     return {"date": now_utc(), "git commit": git_commit(), "command": f"`{redacted_command()}`",
-            "hardware": hardware(), "packages": package_versions()}
+            "hardware": hardware() + busy, "packages": package_versions()}
 
 
 def publish(log: Path, dest: str | Path) -> Path:

@@ -21,7 +21,7 @@ def chain(tmp_path_factory):
     tiny = ["model.overrides={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 2, "
             "num_key_value_heads: 2}",
             "data.block_size=64", "training.per_device_train_batch_size=8", "training.logging_steps=2",
-            "generation.max_new_tokens=8"]
+            "training.warmup_steps=2", "generation.max_new_tokens=8"]
     run(["train_phi2/train.py", *tiny, f"run.output_root={root}", f"tokenizer.name={root}/phi2/tokenizer",
          f"data.fallback={root}/phi2/clean/final/clean.jsonl", "data.dataset=null", "training.max_steps=40",
          "training.eval_steps=20", "training.save_steps=20", "training.learning_rate=3e-3"])
@@ -118,3 +118,33 @@ def test_dpo_learns_to_prefer_the_chosen_answers(chain, tmp_path):
     log = (chain / "phi2" / "dpo" / "final" / "train_log.md").read_text(encoding="utf-8")
     assert accuracies and max(accuracies[-4:]) >= 0.75, accuracies  # clearly above chance (0.5)
     assert "rewards/margins" in log and "eval_perplexity" not in log
+
+
+@pytest.mark.slow
+def test_make_rag_answers_offline_from_a_clean_run_folder(chain, tmp_path):
+    """`make rag QUESTION=...` in a fresh copy of the repository whose only run is an answering model: the index is
+    built (and signed), the question answered, the sources printed; a second call reuses the verified index."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    clone = tmp_path / "slm"
+    for name in files:
+        if (REPO / name).is_file() and not name.startswith("runs/"):
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, clone / name)
+    shutil.copytree(chain / "phi2" / "pretrain" / "final", clone / "runs" / "phi2" / "sft" / "final")  # the answerer
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(clone), "SLM_KEY_DIR": str(tmp_path / "key")}
+    make = ["make", "rag", f"VENV={Path(sys.executable).parent.parent}", "QUESTION=苇川的老街叫什么名字？",
+            "ARGS=stage.embedding_fallback=use generation.max_new_tokens=8"]
+    first = subprocess.run(make, cwd=clone, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "is missing" not in first.stdout and "sources:" in first.stdout and "Traceback" not in first.stderr
+    assert (clone / "runs" / "phi2" / "rag" / "final" / "stage.json").is_file()
+    second = subprocess.run(make, cwd=clone, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0 and "sources:" in second.stdout, second.stderr[-3000:]
+    assert "rebuil" not in second.stdout.lower()  # the verified index was reused
