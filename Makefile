@@ -73,6 +73,7 @@ MODEL_DIR_phi2    := train_phi2
 MODEL_DIR_nanogpt := train_nanogpt
 MODEL_DIR_minigl  := minigl
 MODEL_DIR   = $(MODEL_DIR_$(MODEL))
+GENERATE    = $(if $(filter minigl,$(MODEL)),minigl/sample.py,$(MODEL_DIR)/generate.py)  # MiniGLM's is sample.py
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM   := false
@@ -246,15 +247,23 @@ runs/minigl/lstm-finetune/$(DONE): | $(STAMP) runs/minigl/lstm/$(DONE)
 ##@ Tools
 
 generate: $(STAMP) ## generate with a trained model: MODEL=phi3|mixtral|phi2|nanogpt|minigl [PROMPT=...] [RUN=...]
-	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/generate.py" || { echo "error: unknown MODEL=$(MODEL) (phi3, mixtral, phi2, nanogpt, minigl)"; exit 2; }
-	$(PY) $(MODEL_DIR)/generate.py $(ARGS)
+	@test -n "$(MODEL_DIR)" -a -f "$(GENERATE)" || { echo "error: unknown MODEL=$(MODEL) (phi3, mixtral, phi2, nanogpt, minigl)"; exit 2; }
+	$(PY) $(GENERATE) $(ARGS)
 
 chat: $(STAMP) ## chat with a chat model: MODEL=nanogpt|phi2|minigl [RUN=...] [PROMPT=... one answer]
 	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/chat.py" || { echo "error: MODEL=$(MODEL) has no chat (nanogpt, phi2, minigl)"; exit 2; }
 	$(PY) $(MODEL_DIR)/chat.py $(ARGS)
 
-bench: $(STAMP) ## training throughput + peak memory of each recipe's model on this machine (synthetic tokens)
-	$(PY) -m shared.bench $(or $(RECIPE),recipes/phi3/pretrain.yaml recipes/mixtral/pretrain.yaml) $(ARGS)
+.PHONY: bench-quick gpu-check
+
+bench: $(STAMP) ## the performance benchmarks (packing, engine overhead, shakespeare-char, generation, MoE, throughput) -> bench/results.md
+	nice -n $(or $(NICE),10) $(PY) -m shared.bench $(RECIPE) $(ARGS)
+
+bench-quick: $(STAMP) ## a few-minute subset of make bench on a CPU -> bench/results-quick.md
+	nice -n $(or $(NICE),10) $(PY) -m shared.bench --quick $(RECIPE) $(ARGS)
+
+gpu-check: $(STAMP) ## on an NVIDIA GPU: each recipe's model in bf16, compile off/on: tokens/s, MFU, memory (< 8 min) -> bench/gpu_check.md
+	$(PY) bench/gpu_check.py $(ARGS)
 
 data-card: $(STAMP) ## regenerate data/README.md's data card (counts, sizes, sha256) from the files
 	$(PY) -m shared.datacard
