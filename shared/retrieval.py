@@ -33,7 +33,9 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from . import REPO_ROOT
-from .data import hub_reachable, read_jsonl, warn_loudly
+from .data import read_jsonl
+from .hub import load_or_fallback
+from .metrics import key_recall  # noqa: F401  (the one rule; rag.py and its tests call it from here)
 from .errors import UserError
 from .recipe import resolve_path
 
@@ -213,18 +215,16 @@ def embeddings(name: str | None, fallback: str) -> tuple[Embeddings, str]:
     if not name or name in PACKAGED:
         return packaged_embeddings(name or fallback)
     local = resolve_path(name)
-    if local.is_dir() or hub_reachable():
-        try:
-            identity = f"local folder {shown(local)} (sha256 {folder_digest(local)[:16]})" if local.is_dir() \
-                else f"Hub {name}"
-            return sentence_transformer(str(local) if local.is_dir() else name), identity
-        except Exception as e:  # a missing or broken model: fall back, saying why
-            reason = f"loading '{name}' failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-    else:
-        reason = f"'{name}' is not a local folder and the Hugging Face Hub is unreachable"
-    model, identity = packaged_embeddings(fallback)
-    warn_loudly(f"EMBEDDING FALLBACK: {reason}; using the packaged {identity}")
-    return model, identity + f" -- OFFLINE FALLBACK for {name}"
+    if local.is_dir():
+        return sentence_transformer(str(local)), f"local folder {shown(local)} (sha256 {folder_digest(local)[:16]})"
+    packaged: list = []
+    model, prov = load_or_fallback("embedding model", name, lambda: sentence_transformer(name),
+                                   fallback=f"the packaged {fallback} model",
+                                   load_fallback=lambda: packaged.extend(packaged_embeddings(fallback)) or packaged[0],
+                                   fallback_key="stage.embedding_fallback")
+    if not prov.fallback:
+        return model, f"Hub {name}"
+    return model, packaged[1] + f" -- OFFLINE FALLBACK for {name}: {prov.reason}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -445,15 +445,6 @@ def recall_table(rows: list[tuple[str, str, dict[int, float]]], n_questions: int
         cells = " | ".join(f"{recall[k]:.3f} ({round(recall[k] * n_questions)}/{n_questions})" for k in ks)
         lines.append(f"| {retriever}{mark} | {embedding} | {cells} |")
     return "\n".join(lines)
-
-
-def normalize(text: str) -> str:
-    return "".join(unicodedata.normalize("NFKC", text).split()).lower()
-
-
-def key_recall(answer_text: str, key: str) -> bool:
-    """Does the answer contain the question's key (a number, name or date) exactly, ignoring width and spaces?"""
-    return normalize(key) in normalize(answer_text)
 
 
 # ----------------------------------------------------------------------------------------------------------------

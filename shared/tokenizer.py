@@ -27,8 +27,9 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .data import corpus_iterator, hub_reachable, read_jsonl, warn_loudly
+from .data import corpus_iterator, read_jsonl
 from .errors import UserError
+from .hub import Provenance, load_or_fallback
 from .recipe import TokenizerArgs, resolve_path
 
 EOS = "<|endoftext|>"
@@ -37,47 +38,43 @@ SPECIAL_TOKENS = [EOS, PAD]
 CJK = r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]"  # CJK unified ideographs (+ext.)
 
 
-@dataclass
-class TokenizerProvenance:
-    source: str
-    fallback: bool = False
-    reason: str = ""
-
-    def describe(self) -> str:
-        return self.source + (f" -- OFFLINE FALLBACK: {self.reason}" if self.fallback else "")
+TokenizerProvenance = Provenance  # the one provenance type (shared/hub.py); the old name still works
 
 
 def load_tokenizer(spec: TokenizerArgs, texts: Dataset | None, corpus_fingerprint: str, cache_root: Path,
                    trust_remote_code: bool = False):
-    """Return (tokenizer, provenance). `texts` (a `text` column) is only read when the fallback must be trained."""
-    reason = "no tokenizer.name in the recipe"
+    """Return (tokenizer, provenance): a local folder (an earlier stage's run: its final/), else the Hub id through
+    the one Hub-or-bundled path, whose fallback is a BPE trained on `texts` (read only then; cached by fingerprint)."""
     if spec.name:
         local = resolve_path(spec.name)
         if (local / "final" / "tokenizer_config.json").is_file():  # an earlier stage's run folder: its output
             local = local / "final"
-        if local.is_dir() or hub_reachable():
+        if local.is_dir():
             try:
-                tok = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else spec.name,
-                                                    trust_remote_code=trust_remote_code)
-                return with_specials(_ensure_specials(tok), spec), TokenizerProvenance(source=spec.name)
+                tok = AutoTokenizer.from_pretrained(str(local), trust_remote_code=trust_remote_code)
             except Exception as e:
-                reason = f"loading '{spec.name}' failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-        else:
-            reason = f"'{spec.name}' is not a local folder and the Hugging Face Hub is unreachable"
-    if spec.fallback == "none":
-        raise UserError(f"tokenizer: {reason}, and tokenizer.fallback is 'none'")
-    if texts is None:
-        raise UserError(f"tokenizer: {reason}, and no corpus was given to train a fallback on")
+                raise UserError(f"tokenizer.name: cannot load the tokenizer in {local} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+            return with_specials(_ensure_specials(tok), spec), Provenance(source=spec.name)
     key = hashlib.sha256(f"bpe|{spec.vocab_size}|{spec.min_frequency}|{corpus_fingerprint}".encode()).hexdigest()[:20]
-    folder = cache_root / "tokenizers" / key
-    if spec.name:
-        warn_loudly(f"TOKENIZER FALLBACK: {reason}; using a byte-level BPE (vocab {spec.vocab_size}) "
-                    f"trained on this run's corpus")
-    if not (folder / "tokenizer.json").is_file():
-        train_bpe(corpus_iterator(texts), spec.vocab_size, spec.min_frequency, folder)
-    tok = with_specials(PreTrainedTokenizerFast.from_pretrained(str(folder)), spec)
-    return tok, TokenizerProvenance(source=f"byte-level BPE trained on the run's corpus (cache {key})",
-                                    fallback=bool(spec.name), reason=reason)
+    trained = f"a byte-level BPE (vocab {spec.vocab_size}) trained on the run's corpus (cache {key})"
+
+    def fallback():
+        if texts is None:
+            raise UserError(f"tokenizer: '{spec.name}' can't be loaded, and no corpus was given to train a fallback on")
+        folder = cache_root / "tokenizers" / key
+        if not (folder / "tokenizer.json").is_file():
+            train_bpe(corpus_iterator(texts), spec.vocab_size, spec.min_frequency, folder)
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+    if not spec.name:
+        return with_specials(fallback(), spec), Provenance(source=trained, reason="no tokenizer.name in the recipe")
+    tok, prov = load_or_fallback(
+        "tokenizer", spec.name, lambda: _ensure_specials(AutoTokenizer.from_pretrained(
+            spec.name, trust_remote_code=trust_remote_code)),
+        fallback=trained, load_fallback=fallback if spec.fallback != "none" else None,
+        fallback_key="fallback (tokenizer.fallback is 'none')")
+    return with_specials(tok, spec), prov
 
 
 def train_bpe(batches, vocab_size: int, min_frequency: int, folder: Path) -> PreTrainedTokenizerFast:

@@ -168,7 +168,7 @@ def test_bm25_over_jieba_words_finds_a_rare_word(tmp_path, kb, embedding):
 def test_hub_embedding_falls_back_to_the_packaged_one_loudly(capsys):
     model, identity = retrieval.embeddings("BAAI/bge-small-zh-v1.5", EMBEDDING)  # HF_HUB_OFFLINE=1 in the tests
     assert identity.startswith(f"{EMBEDDING}: ") and "OFFLINE FALLBACK for BAAI/bge-small-zh-v1.5" in identity
-    assert "EMBEDDING FALLBACK" in capsys.readouterr().out
+    assert "EMBEDDING MODEL FALLBACK" in capsys.readouterr().out
     assert len(model.embed_query("苇川")) == len(model.embed_documents(["苇川"])[0])
     with pytest.raises(UserError, match="unknown packaged embedding model 'e5'"):
         retrieval.embeddings(None, "e5")
