@@ -53,7 +53,7 @@ def test_pretraining_lowers_the_loss_and_the_model_reloads_and_generates(chain):
 
     run_dir = chain / "phi2" / "pretrain"
     losses = [e["loss"] for e in log_history(run_dir) if "loss" in e]
-    assert losses[-1] < losses[0] - 1.0, losses
+    assert losses[-1] < losses[0] - 0.5, losses
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
     assert type(model).__name__ == "PhiForCausalLM" and model.config.vocab_size % 64 == 0
     assert model.generation_config.no_repeat_ngram_size == 4 and model.generation_config.do_sample is False
