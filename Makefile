@@ -73,7 +73,8 @@ MODEL_DIR_phi2    := train_phi2
 MODEL_DIR_nanogpt := train_nanogpt
 MODEL_DIR_minigl  := minigl
 MODEL_DIR   = $(MODEL_DIR_$(MODEL))
-GENERATE    = $(if $(filter minigl,$(MODEL)),minigl/sample.py,$(MODEL_DIR)/generate.py)  # MiniGLM's is sample.py
+# MiniGLM's generation script is sample.py (the document's name)
+GENERATE    = $(if $(filter minigl,$(MODEL)),minigl/sample.py,$(MODEL_DIR)/generate.py)
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM   := false
@@ -85,7 +86,7 @@ export SLM_RUN      = $(value RUN)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs chat \
-  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo rag rag-eval nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
+  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo rag rag-eval bench-tokenizer nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
 
 help: ## list the targets
 	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PUBLISH):"
@@ -156,6 +157,9 @@ rag: $(STAMP) | $(RAG_MODEL)/$(DONE) ## RAG demo: FAISS + BM25 over the 苇川 e
 rag-eval: $(STAMP) ## retrieval recall@1/3/5 (dense / BM25 / combined, per embedding model) -> train_phi2/rag_log.md
 	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/phi2/rag.yaml) $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES) \
 	  --eval $(call publish,train_phi2/rag_log.md)
+
+bench-tokenizer: $(STAMP) ## tokenizer training time + peak RSS, both kinds, on SIZE= generated Chinese characters (100M, 1B)
+	$(PY) -m shared.bench_tokenizer --chars $(or $(SIZE),100M) --publish train_phi2/tokenizer_bench.md $(ARGS)
 
 runs/phi2/clean/$(DONE): | $(STAMP)
 	$(call chain,runs/phi2/clean,train_phi2/clean.py,phi2-clean,recipes/phi2/clean.yaml)

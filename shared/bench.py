@@ -1,28 +1,682 @@
-"""Benchmarks: training throughput and peak memory of each recipe's model, on this machine, with synthetic tokens.
+"""Benchmarks (the performance issue): packing vs padding, engine overhead, nanoGPT's shakespeare-char CPU workload,
+generation speed, MoE expert implementations, and each recipe's training throughput + peak memory.
 
-    make bench                      # = python -m shared.bench recipes/phi3/pretrain.yaml recipes/mixtral/pretrain.yaml
-    python -m shared.bench recipes/mixtral/pretrain.yaml --steps 10 model.config=train_mixtral/mixtral_large.json
+    make bench          # = python -m shared.bench            every section, full size  -> bench/results.md + .json
+    make bench-quick    # = python -m shared.bench --quick    a few minutes on a CPU
+    python -m shared.bench --only packing,moe --quick --out /tmp/b
+    python -m shared.bench --only throughput recipes/mixtral/pretrain.yaml model.config=train_mixtral/mixtral_large.json
 
-Times full optimizer steps (forward, backward, AdamW) at the recipe's micro-batch size and block size, after warm-up
-steps, with the vocabulary the offline tokenizer would give (tokenizer.vocab_size). Speed and memory belong here,
-not in the tests: the numbers depend on the machine, and the test suite must not.
+How it measures: every comparison (A vs B) runs in ONE process with A and B interleaved, several repetitions, and
+reports the median ratio, next to the machine's load average (os.getloadavg) at the time; absolute seconds are
+printed for reference only. On a shared CPU the ratios are what to read. Speed and memory belong here, never in the
+test suite (tests/test_bench.py checks the bench's bookkeeping on tiny inputs: useful-token counts, the router flag).
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
+import platform
 import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 from .errors import run_main
-from .models import build_model, count_parameters, model_config
-from .recipe import load_recipe
-from .runlog import hardware
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "throughput")
 
 
-def bench(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def interleaved(fns: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
+    """Run each fn (returning seconds, or a measure) once per repetition, in turn: A B C A B C ..."""
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            out[k].append(fn())
+    return out
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over repetitions of a[i] / b[i] (paired: the two ran back to back)."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared inputs: the bundled poems and a BPE trained on them
+
+
+def poem_texts() -> list[str]:
+    from .data import read_jsonl
+
+    return [f"{r['title']}\n{r['content']}".strip() for r in read_jsonl(ROOT / "data/poems/poems.jsonl")]
+
+
+_TOKENIZER = None
+
+
+def poem_tokenizer():
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from .tokenizer import train_bpe
+
+        texts = poem_texts()
+        folder = Path(tempfile.mkdtemp(prefix="slm-bench-")) / "bpe"
+        _TOKENIZER = train_bpe(iter([texts]), 8000, 2, folder)
+    return _TOKENIZER
+
+
+def model_from(config_path: str, vocab: int, **overrides):
+    from transformers import AutoModelForCausalLM
+
+    from .models import config_from_json
+
+    config = config_from_json(config_path)
+    config.vocab_size = vocab
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. packing vs padding
+
+
+def padded_batches(docs: list[list[int]], batch: int, max_len: int, pad_id: int, grouped: bool) -> list[dict]:
+    """Documents truncated to max_len, in batches of `batch`: padded to max_len (the documents' pad-to-max), or, with
+    `grouped`, sorted by length and padded to each batch's longest (group_by_length). Labels are -100 on padding."""
+    docs = [d[:max_len] for d in docs]
+    if grouped:
+        docs = sorted(docs, key=len, reverse=True)
+    out = []
+    for i in range(0, len(docs) - batch + 1, batch):
+        chunk = docs[i:i + batch]
+        width = max(map(len, chunk)) if grouped else max_len
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for j, d in enumerate(chunk):
+            ids[j, :len(d)] = torch.tensor(d)
+            mask[j, :len(d)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def packed_batches(blocks: list[list[int]], batch: int) -> list[dict]:
+    out = []
+    for i in range(0, len(blocks) - batch + 1, batch):
+        ids = torch.tensor(blocks[i:i + batch])
+        out.append({"input_ids": ids, "labels": ids.clone()})
+    return out
+
+
+def useful_tokens(b: dict) -> int:
+    """Tokens that carry a training target: the real (non-pad) positions of a batch."""
+    mask = b.get("attention_mask")
+    return int(mask.sum()) if mask is not None else b["input_ids"].numel()
+
+
+def train_step_fn(model, opt) -> Callable[[dict], None]:
+    def step(b: dict) -> None:
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_packing(quick: bool) -> dict:
+    from datasets import Dataset
+
+    from .data import pack
+
+    tok = poem_tokenizer()
+    texts = poem_texts()
+    docs = [x + [tok.eos_token_id] for x in tok(texts, add_special_tokens=False)["input_ids"]]
+    lengths = sorted(map(len, docs))
+    cases = [("phi3", "train_phi3/phi3_config.json", 8, 128, "the recipe's block size"),
+             ("mixtral tiny", "train_mixtral/mixtral_tiny.json", 12, 512, "the document's max_length 512")]
+    reps, nb = (2, 2) if quick else (3, 4)
+    rows = []
+    for name, cfg, batch, length, why in cases:
+        model = model_from(cfg, len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        step = train_step_fn(model, opt)
+        blocks = pack(Dataset.from_dict({"text": texts}), tok, length, "bench")["input_ids"]
+        modes = {"pad to max": padded_batches(docs, batch, length, tok.pad_token_id, grouped=False),
+                 "length-grouped": padded_batches(docs, batch, length, tok.pad_token_id, grouped=True),
+                 "packed": packed_batches(blocks, batch)}
+        # the same share of each mode's epoch: its first batches (length-grouped: spread over the sorted order)
+        picks = {}
+        for mode, bs in modes.items():
+            idx = [round(i * (len(bs) - 1) / max(nb - 1, 1)) for i in range(nb)] if mode == "length-grouped" else range(nb)
+            picks[mode] = [bs[i] for i in idx]
+        step(picks["packed"][0])  # warm-up
+
+        def run(mode):
+            def fn():
+                start = time.perf_counter()
+                for b in picks[mode]:
+                    step(b)
+                return time.perf_counter() - start
+            return fn
+
+        la = load_avg()
+        times = interleaved({m: run(m) for m in modes}, reps)
+        per_epoch = {m: sum(map(useful_tokens, bs)) / (len(bs) * batch) for m, bs in modes.items()}
+        rates = {m: [sum(map(useful_tokens, picks[m])) / t for t in times[m]] for m in modes}
+        for m in modes:
+            rows.append({"model": name, "mode": m, "seq": length, "batch": batch,
+                         "useful fraction (epoch)": round(sum(map(useful_tokens, modes[m])) /
+                                                          sum(b["input_ids"].numel() for b in modes[m]), 3),
+                         "useful tokens/s": round(statistics.median(rates[m]), 1),
+                         "x pad-to-max": round(statistics.median(r / p for r, p in zip(rates[m], rates["pad to max"])), 2),
+                         "useful tokens per sequence": round(per_epoch[m], 1),
+                         "length from": why, "load": la})
+        del model, opt
+    md = ["Useful (non-pad) tokens per second of training steps (forward, backward, clip, AdamW) on the bundled poems "
+          f"(BPE vocab {len(tok)}; {len(docs)} poems, tokens per poem: median {lengths[len(lengths) // 2]}, "
+          f"max {lengths[-1]}). `x pad-to-max` is the median over {reps} interleaved repetitions of {nb} batches each.",
+          "", "| model | batching | sequence | batch | useful share of positions | useful tokens/s | x pad-to-max | load |",
+          "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r['mode']} | {r['seq']} ({r['length from']}) | {r['batch']} | "
+           f"{r['useful fraction (epoch)']:.1%} | {r['useful tokens/s']:,.0f} | {r['x pad-to-max']:.2f} | {r['load'][0]} |"
+           for r in rows]
+    return {"rows": rows, "markdown": "\n".join(md)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. engine overhead: the Trainer as shared/train.py builds it vs a bare loop
+
+
+class StepClock:
+    """A TrainerCallback recording the time at each optimizer step's end (the loop's whole cost between two: data
+    loading, collation, forward/backward/step, callbacks, logging)."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Clock(TrainerCallback):
+            def __init__(self):
+                self.marks: list[float] = []
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.marks.append(time.perf_counter())
+
+        return _Clock()
+
+
+def make_trainer(model, dataset, tokenizer, out_dir: str, training: dict, trainer_cls=None, shift_labels=False):
+    """The Trainer exactly as shared/train.py's `train()` builds it (DEFAULT_TRAINING + the settings, our callbacks,
+    the LM collator), with no evaluation or checkpoint inside the timed steps."""
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from .checkpoints import CompleteMarker
+    from .guards import NonFiniteLossGuard, StopIfFinished
+    from .runlog import RunLog
+    from .train import DEFAULT_TRAINING, precision
+
+    kwargs = {**DEFAULT_TRAINING, **precision("auto"), "disable_tqdm": True, **training,
+              "eval_strategy": "no", "save_strategy": "no", "output_dir": out_dir}
+    args = TrainingArguments(**kwargs)
+    extra = {}
+    if shift_labels:
+        args.remove_unused_columns = False
+    else:
+        extra["data_collator"] = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    clock = StepClock()
+    trainer = (trainer_cls or Trainer)(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        callbacks=[NonFiniteLossGuard(), CompleteMarker(), RunLog("bench", {}), StopIfFinished(), clock], **extra)
+    return trainer, clock
+
+
+def bare_optimizer(model, args):
+    """AdamW with the Trainer's hyper-parameters and implementation (fused when args.optim says so)."""
+    fused = "fused" in str(args.optim)
+    return torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                             eps=args.adam_epsilon, weight_decay=args.weight_decay, **({"fused": True} if fused else {}))
+
+
+def engine_case(name, model, dataset, tokenizer, training, steps, warm, reps, trainer_cls=None, variants=None):
+    """Trainer (per variant) vs bare loop on copies of the same model and the same batches: median s/step each."""
+    from transformers import DataCollatorForLanguageModeling
+
+    variants = variants or {"train.py defaults": {}}
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    bs = training["per_device_train_batch_size"]
+    batches = [collate([dataset[j] for j in range(i * bs, (i + 1) * bs)]) for i in range(warm + steps)]
+    base = copy.deepcopy(model)
+    tmp = tempfile.mkdtemp(prefix="slm-bench-engine-")
+    optim_name = []
+
+    def trainer_run(extra):
+        def fn():
+            m = copy.deepcopy(base)
+            trainer, clock = make_trainer(m, dataset, tokenizer, tmp, {**training, **extra, "max_steps": warm + steps},
+                                          trainer_cls)
+            optim_name.append(str(trainer.args.optim))
+            trainer.train()
+            gaps = [b - a for a, b in zip(clock.marks[warm - 1:], clock.marks[warm:])]
+            return statistics.median(gaps)
+        return fn
+
+    def bare():
+        m = copy.deepcopy(base).train()
+        from transformers import TrainingArguments
+
+        from .train import DEFAULT_TRAINING, precision
+        args = TrainingArguments(**{**DEFAULT_TRAINING, **precision("auto"), **training, "output_dir": tmp})
+        opt = bare_optimizer(m, args)
+        step = train_step_fn(m, opt)
+        marks = []
+        for b in batches:
+            step(b)
+            marks.append(time.perf_counter())
+        return statistics.median(b - a for a, b in zip(marks[warm - 1:], marks[warm:]))
+
+    la = load_avg()
+    fns = {"bare loop": bare, **{v: trainer_run(extra) for v, extra in variants.items()}}
+    times = interleaved(fns, reps)
+    # collation alone, per batch (the Trainer collates in the loop; the bare loop got pre-collated batches)
+    feats = [[dataset[j] for j in range(i * bs, (i + 1) * bs)] for i in range(4)]
+    t0 = time.perf_counter()
+    for f in feats:
+        collate(f)
+    collate_s = (time.perf_counter() - t0) / len(feats)
+    rows = []
+    for v in fns:
+        rows.append({"model": name, "path": v, "s/step (median)": round(statistics.median(times[v]), 4),
+                     "x bare": round(median_ratio(times[v], times["bare loop"]), 3), "load": la,
+                     "optim": optim_name[0] if optim_name else "", "collate s/batch": round(collate_s, 5)})
+    return rows
+
+
+def bench_engine(quick: bool) -> dict:
+    from datasets import Dataset
+
+    from .data import pack
+    from .moe import MoETrainer
+
+    tok = poem_tokenizer()
+    texts = Dataset.from_dict({"text": poem_texts()})
+    steps, warm, reps = (6, 2, 2) if quick else (12, 3, 3)
+    variants = {"train.py defaults": {},
+                "- token counting": {"include_num_input_tokens_seen": False},
+                "- token counting - logging": {"include_num_input_tokens_seen": False, "logging_steps": 10_000,
+                                               "logging_first_step": False}}
+    if quick:
+        variants.pop("- token counting - logging")
+    common = dict(learning_rate=1e-3, weight_decay=0.01, max_grad_norm=1.0, seed=42)
+    cases = [("phi3", "train_phi3/phi3_config.json", 128, dict(per_device_train_batch_size=8, logging_steps=5), None),
+             ("nanoGPT tiny", "train_nanogpt/gpt_tiny.json", 256, dict(per_device_train_batch_size=12, logging_steps=25), None),
+             ("mixtral tiny", "train_mixtral/mixtral_tiny.json", 128, dict(per_device_train_batch_size=12, logging_steps=5),
+              MoETrainer)]
+    rows = []
+    for name, cfg, block, training, cls in cases:
+        data = pack(texts, tok, block, "bench")
+        model = model_from(cfg, len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        need = training["per_device_train_batch_size"] * (warm + steps)
+        while len(data) < need:  # a bigger model block than the poems fill: repeat them
+            from datasets import concatenate_datasets
+            data = concatenate_datasets([data, data])
+        rows += engine_case(name, model, data, tok, {**common, **training}, steps, warm, reps, cls, variants)
+        del model
+    md = [f"Median seconds per optimizer step (micro-batch = step, no gradient accumulation; eval and checkpoints "
+          f"off inside the timed steps), {steps} timed steps after {warm} warm-up, {reps} interleaved repetitions; "
+          f"`x bare` is the median of the paired ratios. The Trainer is built as shared/train.py's `train()` builds "
+          f"it (DEFAULT_TRAINING, our callbacks, DataCollatorForLanguageModeling); the bare loop gets the same "
+          f"batches already collated and the same AdamW implementation.", "",
+          "| model | path | s/step | x bare | collation alone, s/batch | optimizer | load |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r['path']} | {r['s/step (median)']:.4f} | {r['x bare']:.3f} | {r['collate s/batch']:.5f} | "
+           f"{r['optim']} | {r['load'][0]} |" for r in rows]
+    return {"rows": rows, "markdown": "\n".join(md)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. nanoGPT's shakespeare-char CPU workload, on the bundled English text
+
+
+def english_chars() -> tuple[torch.Tensor, torch.Tensor, int]:
+    from .data import read_jsonl
+
+    parts = []
+    for f in sorted((ROOT / "data/english").glob("*.jsonl")):
+        for r in read_jsonl(f):
+            if "messages" in r:
+                parts += [m["content"] for m in r["messages"]]
+            else:
+                parts += [r.get("instruction", ""), r.get("input", ""), r.get("output", "")]
+    text = "\n".join(p for p in parts if p)
+    chars = sorted(set(text))
+    ids = torch.tensor([chars.index(c) for c in text] if len(chars) < 50 else
+                       [{c: i for i, c in enumerate(chars)}[c] for c in text], dtype=torch.long)
+    n = int(0.9 * len(ids))
+    return ids[:n], ids[n:], len(chars)
+
+
+class CharWindows(torch.utils.data.Dataset):
+    """nanoGPT's get_batch: random windows of block + 1 characters, drawn from a seeded generator per index."""
+
+    def __init__(self, data: torch.Tensor, block: int, n: int, seed: int = 1337):
+        self.data, self.block, self.n, self.seed = data, block, n, seed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        s = int(torch.randint(len(self.data) - self.block - 1, (1,), generator=g))
+        w = self.data[s:s + self.block + 1]
+        return {"input_ids": w[:-1], "shift_labels": w[1:].clone()}
+
+
+def bench_shakespeare(quick: bool, out_dir: Path) -> dict:
+    from transformers import TrainerCallback
+
+    from .gpt import GPTConfig, GPTForCausalLM
+    from .train import NoDecayOnEmbeddingsTrainer
+
+    train_ids, val_ids, vocab = english_chars()
+    iters = 300 if quick else 2000
+    block, batch = 64, 12
+    hp = dict(learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.1, max_grad_norm=1.0,
+              warmup_steps=100, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
+              per_device_train_batch_size=batch, logging_steps=25, seed=1337, dataloader_num_workers=0)
+    torch.manual_seed(1337)
+    model0 = GPTForCausalLM(GPTConfig(vocab_size=vocab, block_size=block, n_layer=4, n_head=4, n_embd=128,
+                                      dropout=0.0, bias=False))
+    ds = CharWindows(train_ids, block, iters * batch)
+    val = CharWindows(val_ids, block, 20 * batch, seed=7)
+
+    @torch.no_grad()
+    def val_loss(m) -> float:
+        m.eval()
+        losses = []
+        for i in range(0, len(val), batch):
+            items = [val[j] for j in range(i, i + batch)]
+            losses.append(m(input_ids=torch.stack([x["input_ids"] for x in items]),
+                            shift_labels=torch.stack([x["shift_labels"] for x in items])).loss.item())
+        m.train()
+        return sum(losses) / len(losses)
+
+    every = 250 if not quick else 100
+    curves = {"Trainer": [], "bare loop": []}
+
+    class Eval(TrainerCallback):
+        def __init__(self):
+            self.paused = 0.0
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0 or state.global_step == iters:
+                t = time.perf_counter()
+                curves["Trainer"].append((state.global_step, val_loss(model)))
+                self.paused += time.perf_counter() - t
+
+    tmp = tempfile.mkdtemp(prefix="slm-bench-shakespeare-")
+    la0 = load_avg()
+    # Trainer path (its own run), then the bare loop: each a whole 2,000-iteration run, so not interleaved by
+    # repetition; instead each run's s/iter is the median over its iterations, and the two runs are back to back.
+    m = copy.deepcopy(model0)
+    from .train import DEFAULT_TRAINING, precision
+    from transformers import TrainingArguments
+
+    trainer, clock = make_trainer(m, ds, None, tmp, {**hp, "max_steps": iters}, NoDecayOnEmbeddingsTrainer,
+                                  shift_labels=True)
+    ev = Eval()
+    trainer.add_callback(ev)
+    t0 = time.perf_counter()
+    trainer.train()
+    trainer_wall = time.perf_counter() - t0 - ev.paused
+    # the evaluation pauses fall between two marks: drop those gaps
+    gaps = [b - a for a, b in zip(clock.marks[:-1], clock.marks[1:])]
+    trainer_s = statistics.median(gaps[5:])
+    train_curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+
+    m = copy.deepcopy(model0).train()
+    args = TrainingArguments(**{**DEFAULT_TRAINING, **precision("auto"), **hp, "output_dir": tmp})
+    decay = [p for n, p in m.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
+    nodecay = [p for n, p in m.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.99), **({"fused": True} if "fused" in str(args.optim) else {}))
+    import math
+
+    def lr_at(it):  # nanoGPT's get_lr: linear warm-up, cosine to min_lr at max_iters
+        if it < 100:
+            return 1e-3 * (it + 1) / 101
+        return 1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 100) / (iters - 100))) * (1e-3 - 1e-4)
+    marks, paused = [], 0.0
+    t0 = time.perf_counter()
+    for it in range(iters):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it)
+        items = [ds[j] for j in range(it * batch, (it + 1) * batch)]
+        x = torch.stack([x["input_ids"] for x in items])
+        y = torch.stack([x["shift_labels"] for x in items])
+        loss = m(input_ids=x, shift_labels=y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        marks.append(time.perf_counter())
+        if (it + 1) % every == 0 or it + 1 == iters:
+            t = time.perf_counter()
+            curves["bare loop"].append((it + 1, val_loss(m)))
+            paused += time.perf_counter() - t
+    bare_wall = time.perf_counter() - t0 - paused
+    bare_s = statistics.median(b - a for a, b in zip(marks[5:-1], marks[6:]))
+    la1 = load_avg()
+    png = out_dir / "shakespeare_char_loss.png"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(*zip(*train_curve), label="train loss (Trainer, logged every 25)", alpha=0.6)
+        for k, pts in curves.items():
+            ax.plot(*zip(*pts), marker="o", label=f"val loss ({k})")
+        ax.axhline(1.88, ls="--", c="grey", label="nanoGPT shakespeare-char val @2000 (other text)")
+        ax.set_xlabel("iteration"), ax.set_ylabel("loss (nats/char)"), ax.legend(fontsize=7)
+        ax.set_title(f"our GPT 4x4x128, block 64, batch 12, {vocab}-char English text")
+        fig.tight_layout()
+        fig.savefig(png, dpi=90)
+        plt.close(fig)
+    except ImportError:
+        png = None
+    row = {"iterations": iters, "vocab (chars)": vocab, "train chars": len(train_ids), "val chars": len(val_ids),
+           "Trainer s/iter (median)": round(trainer_s, 5), "bare s/iter (median)": round(bare_s, 5),
+           "x bare (median s/iter)": round(trainer_s / bare_s, 3),
+           "Trainer wall s (no eval)": round(trainer_wall, 1), "bare wall s (no eval)": round(bare_wall, 1),
+           "x bare (wall)": round(trainer_wall / bare_wall, 3),
+           "val loss Trainer": curves["Trainer"][-1][1], "val loss bare": curves["bare loop"][-1][1],
+           "curve": curves, "load": [la0, la1], "png": str(png) if png else None}
+    md = [f"Our GPT (4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0, nanoGPT's lr 1e-3 / warm-up 100 / "
+          f"cosine to 1e-4, beta2 0.99, clip 1.0) on the bundled English text character by character "
+          f"({vocab} characters, {len(train_ids):,} train / {len(val_ids):,} val), {iters} iterations, Trainer path "
+          f"(NoDecayOnEmbeddingsTrainer as nanoGPT's recipe uses, our callbacks) then a bare loop, back to back.", "",
+          "| | Trainer | bare loop | ratio |", "|---|---|---|---|",
+          f"| s/iteration (median) | {trainer_s:.4f} | {bare_s:.4f} | {trainer_s / bare_s:.3f} |",
+          f"| wall seconds, evaluations excluded | {trainer_wall:.1f} | {bare_wall:.1f} | {trainer_wall / bare_wall:.3f} |",
+          f"| val loss at {iters} | {curves['Trainer'][-1][1]:.3f} | {curves['bare loop'][-1][1]:.3f} | |", "",
+          f"Load average {la0} before, {la1} after. nanoGPT's README reports ~1.88 val loss after 2,000 iterations on "
+          f"tiny Shakespeare (1.1M characters, 65-character vocabulary); this is a different, smaller text "
+          f"({len(train_ids) / 1e6:.2f}M characters, {vocab}-character vocabulary), so the figures are not comparable "
+          f"one to one: the curve shows the same workload trains, not the same number."
+          + (f"\n\n![loss curve]({png.name})" if png else "")]
+    return {"rows": [row], "markdown": "\n".join(md)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. generation
+
+
+OURS_VS_GPT2 = "our time / GPT-2's"
+
+
+def bench_generation(quick: bool) -> dict:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from .gpt import GPTConfig, GPTForCausalLM
+
+    new, reps, prompt_len = (32, 3, 16) if quick else (64, 5, 16)
+    sizes = [("tiny (4 layers, 128 wide)", dict(n_layer=4, n_head=4, n_embd=128))]
+    if not quick:
+        sizes.append(("GPT-2 small (12 layers, 768 wide)", dict(n_layer=12, n_head=12, n_embd=768)))
+    vocab, block = 8064, 256
+    rows = []
+    for size, dims in sizes:
+        torch.manual_seed(0)
+        ours = GPTForCausalLM(GPTConfig(vocab_size=vocab, block_size=block, bias=True, dropout=0.0, **dims)).eval()
+        gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=block, resid_pdrop=0, embd_pdrop=0, bos_token_id=0, eos_token_id=0,
+                                          attn_pdrop=0, **dims)).eval()
+        for batch in (1, 8):
+            ids = torch.randint(0, vocab, (batch, prompt_len))
+
+            def gen(m):
+                def fn():
+                    t = time.perf_counter()
+                    with torch.no_grad():
+                        out = m.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
+                                         min_new_tokens=new, use_cache=True, pad_token_id=0, eos_token_id=None)
+                    assert out.shape[1] == prompt_len + new
+                    return batch * new / (time.perf_counter() - t)
+                return fn
+            gen(ours)(), gen(gpt2)()  # warm-up
+            la = load_avg()
+            r = interleaved({"ours": gen(ours), "gpt2": gen(gpt2)}, reps)
+            rows.append({"size": size, "batch": batch, "new tokens": new, "ours tokens/s": round(statistics.median(r["ours"]), 1),
+                         "GPT2LMHeadModel tokens/s": round(statistics.median(r["gpt2"]), 1),
+                         OURS_VS_GPT2: round(median_ratio(r["gpt2"], r["ours"]), 3), "load": la})
+    # the recipes' own models with their presets (random weights; the BPE's vocabulary)
+    tok = poem_tokenizer()
+    presets = []
+    for name, cfg, kwargs in [
+        ("phi3 tiny, greedy", "train_phi3/phi3_config.json", dict(do_sample=False)),
+        ("mixtral tiny, its beam preset (5 beams + sampling)", "train_mixtral/mixtral_tiny.json",
+         dict(num_beams=5, do_sample=True, temperature=0.8, top_k=30, top_p=0.9, repetition_penalty=1.5,
+              no_repeat_ngram_size=3, length_penalty=1.2))]:
+        m = model_from(cfg, len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id).eval()
+        ids = torch.tensor([tok("春天来了，", add_special_tokens=False)["input_ids"]])
+        times = []
+        for _ in range(1 + (2 if quick else 3)):
+            t = time.perf_counter()
+            with torch.no_grad():
+                out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                                 pad_token_id=tok.pad_token_id, **kwargs)
+            times.append(time.perf_counter() - t)
+        presets.append({"model": name, "new tokens": out.shape[1] - ids.shape[1],
+                        "tokens/s (median, batch 1)": round(new / statistics.median(times[1:]), 1), "load": load_avg()})
+    md = [f"Greedy decoding with the KV cache, random weights, prompt {prompt_len} tokens, exactly {new} new tokens, "
+          f"vocabulary {vocab}; our GPT built with bias=True so both have GPT-2's parameters (ours: exact GELU, "
+          f"GPT-2: tanh GELU). Median of {reps} interleaved repetitions of the paired ratio `our time / GPT-2's` (= GPT-2's tokens/s "
+          f"/ ours; > 1: ours is slower; the goal: <= 1.2).", "",
+          "| size | batch | ours tokens/s | GPT2LMHeadModel tokens/s | our time / GPT-2's | load |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['size']} | {r['batch']} | {r['ours tokens/s']:,.0f} | {r['GPT2LMHeadModel tokens/s']:,.0f} | "
+           f"{r[OURS_VS_GPT2]:.2f} | {r['load'][0]} |" for r in rows]
+    md += ["", "The recipes' models with their generation presets (random weights, batch 1, tokens/s of new tokens):", "",
+           "| model | new tokens | tokens/s | load |", "|---|---|---|---|"]
+    md += [f"| {p['model']} | {p['new tokens']} | {p['tokens/s (median, batch 1)']:,.1f} | {p['load'][0]} |" for p in presets]
+    return {"rows": rows + presets, "markdown": "\n".join(md)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. MoE expert implementations
+
+
+def bench_moe(quick: bool) -> dict:
+    tok = poem_tokenizer()
+    reps, steps = (2, 2) if quick else (3, 4)
+    base = model_from("train_mixtral/mixtral_tiny.json", len(tok), pad_token_id=tok.pad_token_id)
+    # batched_mm gathers each routed token's expert weights ((tokens x top-k) copies of [256 x 1024] + [512 x 256]
+    # floats: ~1.6 MB per choice, forward and backward); at the recipe's 12 x 128 it took > 10 GB here, so it runs at
+    # a small batch only
+    shapes = [((4, 64), ["eager", "batched_mm", "grouped_mm"]), ((12, 128), ["eager", "grouped_mm"])]
+    rows = []
+    for (batch, seq), impls in shapes:
+        torch.manual_seed(1)
+        ids = torch.randint(0, len(tok), (batch, seq))
+        steppers, first_loss, grads = {}, {}, {}
+        for impl in impls:
+            m = copy.deepcopy(base).train()
+            m.set_experts_implementation(impl)
+            out = m(input_ids=ids, labels=ids)
+            out.loss.backward()
+            first_loss[impl] = out.loss.item()
+            grads[impl] = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+            m.zero_grad(set_to_none=True)
+            steppers[impl] = train_step_fn(m, torch.optim.AdamW(m.parameters(), lr=5e-5))
+            steppers[impl]({"input_ids": ids, "labels": ids})  # warm-up
+
+        def run(impl):
+            def fn():
+                t = time.perf_counter()
+                for _ in range(steps):
+                    steppers[impl]({"input_ids": ids, "labels": ids})
+                return (time.perf_counter() - t) / steps
+            return fn
+        la = load_avg()
+        times = interleaved({i: run(i) for i in impls}, reps)
+        rows += [{"batch x seq": f"{batch} x {seq}", "experts_implementation": i,
+                  "s/step (median)": round(statistics.median(times[i]), 4),
+                  "x eager": round(median_ratio(times[i], times["eager"]), 3), "loss": round(first_loss[i], 6),
+                  "max |grad - eager grad|": float((grads[i] - grads["eager"]).abs().max()), "load": la} for i in impls]
+        del steppers, grads
+    md = [f"Mixtral tiny (4 layers, 8 experts, top-2, 256 wide), one training step (forward with the router aux "
+          f"loss, backward, clip, AdamW) per implementation, switched with `model.set_experts_implementation()` "
+          f"(the config's `experts_implementation`; transformers {__import__('transformers').__version__}, whose "
+          f"default is grouped_mm when it can dispatch, else eager). Same weights, same batch; median of {reps} "
+          f"interleaved repetitions of {steps} steps. batched_mm materialises every routed token's expert weights "
+          f"(> 10 GB at 12 x 128 on this machine), so it is timed at 4 x 64 only.", "",
+          "| batch x seq | experts_implementation | s/step | x eager | loss (same batch) | max abs grad diff vs eager | load |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['batch x seq']} | {r['experts_implementation']} | {r['s/step (median)']:.4f} | {r['x eager']:.3f} | "
+           f"{r['loss']:.6f} | {r['max |grad - eager grad|']:.2e} | {r['load'][0]} |" for r in rows]
+    big = [r for r in rows if r["batch x seq"] == "12 x 128"]
+    fastest = min(big, key=lambda r: r["x eager"])
+    md += ["", f"Fastest at the recipe's batch (12 x 128): **{fastest['experts_implementation']}**."]
+    # the router-health flag on the reference log's table
+    from .moe import router_health
+    md += ["", "Router-health flag (shared/moe.py `router_health`) on train_mixtral/train_log.md's expert-load table "
+           "(shares as printed, rounded to 0.1%, so max/min differs from the log's count-based figure):", "",
+           "| layer | top-2 share | max/min | flag |", "|---|---|---|---|"]
+    for layer, shares in enumerate(REFERENCE_EXPERT_SHARES):
+        h = router_health(torch.tensor(shares), top_k=2)
+        md.append(f"| {layer} | {h['top_k_share']:.1f}% | {h['max_min']:.1f} | {h['flag'] or '–'} |")
+    return {"rows": rows, "markdown": "\n".join(md)}
+
+
+# train_mixtral/train_log.md, "Expert load after training": share of routed tokens per expert, per layer
+REFERENCE_EXPERT_SHARES = [
+    [19.6, 7.8, 2.8, 2.9, 26.5, 28.1, 4.0, 8.2],
+    [0.1, 2.4, 42.7, 44.9, 2.9, 4.8, 1.6, 0.6],
+    [28.5, 13.8, 4.7, 0.8, 1.2, 7.5, 42.8, 0.7],
+    [0.1, 32.7, 2.8, 1.8, 11.5, 3.9, 2.9, 44.3],
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. each recipe's training throughput + peak memory (synthetic tokens)
+
+
+def bench_throughput(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    from .models import build_model, count_parameters, model_config
+    from .recipe import load_recipe
+
     recipe = load_recipe(path, overrides)
     config = model_config(recipe)
     config.vocab_size = recipe.tokenizer.vocab_size
@@ -51,32 +705,115 @@ def bench(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
     seconds = (time.perf_counter() - start) / steps
     memory = (torch.cuda.max_memory_allocated() if device == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"recipe": path, "params": count_parameters(model)["total"], "batch": batch, "block": block,
-            "gc": bool(recipe.training.get("activation_checkpointing")), "s/step": seconds,
-            "tokens/s": batch * block / seconds, "peak": memory / 2**30, "where": "GPU" if device == "cuda" else "RSS"}
+    return {"recipe": f"{path} {' '.join(overrides)}".strip(), "params": count_parameters(model)["total"],
+            "batch": batch, "block": block, "gc": bool(recipe.training.get("activation_checkpointing")),
+            "s/step": round(seconds, 4), "tokens/s": round(batch * block / seconds, 1),
+            "peak GiB": round(memory / 2**30, 2), "where": "GPU" if device == "cuda" else "process RSS", "load": load_avg()}
+
+
+def throughput_section(groups: list[tuple[str, list[str]]], quick: bool) -> dict:
+    rows = [bench_throughput(p, o, 2 if quick else 5, 1 if quick else 2) for p, o in groups]
+    md = ["Full optimizer steps at each recipe's micro-batch and block size, synthetic tokens (absolute figures: "
+          "machine- and load-dependent; peak memory on CPU is the process's high-water RSS, cumulative).", "",
+          "| recipe | parameters | batch x block | grad. checkpointing | s/step | tokens/s | peak memory | load |",
+          "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['recipe']} | {r['params'] / 1e6:.1f}M | {r['batch']} x {r['block']} | {'yes' if r['gc'] else 'no'} | "
+           f"{r['s/step']:.3f} | {r['tokens/s']:,.0f} | {r['peak GiB']:.2f} GiB ({r['where']}) | {r['load'][0]} |"
+           for r in rows]
+    return {"rows": rows, "markdown": "\n".join(md)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def environment(argv: list[str]) -> dict:
+    import transformers
+
+    from .runlog import hardware
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"command": "python -m shared.bench " + " ".join(argv), "hardware": hardware(),
+            "cpu": platform.processor() or platform.machine(), "torch threads": torch.get_num_threads(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+            "git commit": git("rev-parse", "HEAD") + (" (with uncommitted changes)" if dirty else ""),
+            "nice": os.nice(0), "load at start": load_avg(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+TITLES = {"packing": "1. Packing vs padding (useful tokens/s; goal: packing >= 3x pad-to-max)",
+          "engine": "2. Engine overhead: Trainer path vs bare loop (goal: <= 1.1x)",
+          "shakespeare": "3. nanoGPT shakespeare-char CPU workload (Trainer vs bare loop)",
+          "generation": "4. Generation (goal: ours within 1.2x of GPT2LMHeadModel)",
+          "moe": "5. MoE expert implementations and the router-health flag",
+          "throughput": "Training throughput and peak memory per recipe"}
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipes", nargs="+", help="recipe YAML files, each optionally followed by key=value overrides")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("recipes", nargs="*", help="throughput section: recipe YAML files, each optionally followed "
+                        "by key=value overrides (default: the phi3 and mixtral pretrain recipes)")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (make bench-quick)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
+    parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.md / results.json")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; on a CPU shared "
+                        "with other jobs 1 avoids intra-op barrier stalls)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = [s for s in only if s not in SECTIONS]
+    if bad:
+        parser.error(f"unknown sections {bad}; choose from {SECTIONS}")
     groups: list[tuple[str, list[str]]] = []
-    for item in args.recipes:
+    for item in args.recipes or ["recipes/phi3/pretrain.yaml", "recipes/mixtral/pretrain.yaml"]:
         if "=" in item and groups:
             groups[-1][1].append(item)
         else:
             groups.append((item, []))
-    torch.manual_seed(0)
-    print(f"hardware: {hardware()}; torch {torch.__version__}")
-    print("| recipe | parameters | batch x block | grad. checkpointing | s/step | tokens/s | peak memory |")
-    print("|---|---|---|---|---|---|---|")
-    for path, overrides in groups:
-        r = bench(path, overrides, args.steps, args.warmup)
-        print(f"| {r['recipe']} {' '.join(overrides)} | {r['params'] / 1e6:.1f}M | {r['batch']} x {r['block']} | "
-              f"{'yes' if r['gc'] else 'no'} | {r['s/step']:.3f} | {r['tokens/s']:,.0f} | "
-              f"{r['peak']:.2f} GiB ({r['where']}) |", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "results-quick" if args.quick else "results"
+    env = environment(argv)
+    print(json.dumps(env, indent=1), flush=True)
+    results: dict = {"environment": env, "quick": args.quick, "sections": {}}
+    for name in only:
+        t = time.perf_counter()
+        print(f"\n== {TITLES[name]}", flush=True)
+        if name == "shakespeare":
+            r = bench_shakespeare(args.quick, out)
+        elif name == "throughput":
+            r = throughput_section(groups, args.quick)
+        else:
+            r = globals()[f"bench_{name}"](args.quick)
+        r["seconds"] = round(time.perf_counter() - t, 1)
+        r["load after"] = load_avg()
+        results["sections"][name] = r
+        print(r["markdown"], flush=True)
+        print(f"({r['seconds']} s; load after {r['load after']})", flush=True)
+        write(out, stem, results)
+    print(f"\nwritten: {out / (stem + '.md')}, {out / (stem + '.json')}")
+
+
+def write(out: Path, stem: str, results: dict) -> None:
+    env = results["environment"]
+    lines = [f"# Benchmarks{' (quick)' if results['quick'] else ''}", "",
+             "Written by `shared/bench.py`; every figure below comes from the run described here. Ratios are "
+             "measured inside one process with the compared paths interleaved; the load average beside each "
+             "table says how busy the machine was (on a shared CPU, absolute speeds mean little).", "",
+             f"- **command**: `{env['command']}`", f"- **date**: {env['date']}", f"- **hardware**: {env['hardware']}",
+             f"- **versions**: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+             f"- **git commit**: {env['git commit']}", f"- **niceness**: {env['nice']}",
+             f"- **load average (1, 5, 15 min) at start**: {env['load at start']}", ""]
+    for name, r in results["sections"].items():
+        lines += [f"## {TITLES[name]}", "", r["markdown"], "", f"_{r['seconds']} s; load after: {r['load after']}_", ""]
+    (out / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -57,17 +57,45 @@ def expert_load(model, dataset, batch_size: int = 8, max_batches: int = 8) -> to
     return counts
 
 
-def expert_load_markdown(counts: torch.Tensor) -> str:
-    """A table of each expert's share of routed tokens per layer; flags layers where the router has collapsed."""
+def router_health(counts: torch.Tensor, top_k: int = 2) -> dict:
+    """Per-layer router health from one layer's expert counts (or shares): the busiest top_k experts' share of the
+    routed choices, the max/min ratio, and a flag.
+
+    "collapsed?" when an expert gets nothing, or when the top_k busiest experts take more than
+    k/E + 2/3 * (1 - k/E) of the choices (75% for top-2 of 8: the other six then get under a third of their even
+    share between them, so the layer computes like a k-expert MLP), or when max/min > 100 (the least-used expert sees
+    under 1% of the busiest's tokens: its weights barely train). "skewed" when the top_k take more than twice their
+    even share (50% for top-2 of 8) or max/min > 10. On the reference log (train_mixtral/train_log.md) layers 1
+    (top-2 87.6%) and 3 (max/min ~870) are collapsed, 0 and 2 skewed; the old rule (an expert at 0% or one over 50%)
+    flagged none of them."""
+    row = counts.double()
+    experts = row.numel()
+    share = 100 * row / row.sum().clamp(min=1e-12)
+    top = share.topk(min(top_k, experts)).values.sum().item()
+    ratio = (row.max() / row.min()).item() if row.min() > 0 else float("inf")
+    even = 100 * min(top_k, experts) / experts
+    if row.min() <= 0 or top > even + (100 - even) * 2 / 3 or ratio > 100:
+        flag = f"collapsed? top-{top_k} {top:.1f}%, max/min {ratio:.0f}"
+    elif top > 2 * even or ratio > 10:
+        flag = "skewed"
+    else:
+        flag = ""
+    return {"top_k_share": top, "max_min": ratio, "flag": flag}
+
+
+def expert_load_markdown(counts: torch.Tensor, top_k: int = 2) -> str:
+    """A table of each expert's share of routed tokens per layer; flags collapsed or skewed layers (router_health)."""
     layers, experts = counts.shape
-    header = "| layer | " + " | ".join(f"e{e}" for e in range(experts)) + " | max/min | |"
-    lines = [f"Share of routed tokens per expert (top-k choices; an even split is {100 / experts:.1f}% each).", "",
-             header, "|" + "---|" * (experts + 3)]
+    header = "| layer | " + " | ".join(f"e{e}" for e in range(experts)) + f" | top-{top_k} | max/min | |"
+    lines = [f"Share of routed tokens per expert (top-k choices; an even split is {100 / experts:.1f}% each). "
+             f"Flag: collapsed? when the top-{top_k} take > {100 * top_k / experts + (100 - 100 * top_k / experts) * 2 / 3:.0f}% "
+             f"or max/min > 100 or an expert gets none; skewed when the top-{top_k} take > "
+             f"{min(100.0, 200 * top_k / experts):.0f}% or max/min > 10.", "",
+             header, "|" + "---|" * (experts + 4)]
     for layer in range(layers):
         row = counts[layer].double()
         share = 100 * row / row.sum().clamp(min=1)
-        ratio = (row.max() / row.min()).item() if row.min() > 0 else float("inf")
-        flag = "collapsed?" if row.min() == 0 or share.max() > 50 else ""
+        h = router_health(row, top_k)
         lines.append(f"| {layer} | " + " | ".join(f"{s:.1f}" for s in share.tolist())
-                     + f" | {ratio:.1f} | {flag} |")
+                     + f" | {h['top_k_share']:.1f} | {h['max_min']:.1f} | {h['flag']} |")
     return "\n".join(lines)
