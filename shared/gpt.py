@@ -288,7 +288,11 @@ class GPTForCausalLM(GPTPreTrainedModel, TiedHeadGenerationMixin):
     forward = TiedHeadGenerationMixin.forward  # nn.Module's placeholder would win in the method order otherwise
 
 
-# Importing this module is what makes "slm_gpt" checkpoints loadable through the Auto classes. exist_ok: a second
-# import (or a reload) re-registers the same names instead of raising.
-AutoConfig.register(GPTConfig.model_type, GPTConfig, exist_ok=True)
-AutoModelForCausalLM.register(GPTConfig, GPTForCausalLM, exist_ok=True)
+def register(config_class, model_class) -> None:
+    """Make a model type's checkpoints loadable through the Auto classes in this process (no trust_remote_code).
+    exist_ok: a second import (or a reload) re-registers the same names instead of raising."""
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
+
+
+register(GPTConfig, GPTForCausalLM)  # importing this module is what makes "slm_gpt" checkpoints loadable

@@ -26,12 +26,11 @@ import math
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import (AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedConfig,
-                          PreTrainedModel)
+from transformers import DynamicCache, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from .gpt import TiedHeadGenerationMixin
+from .gpt import TiedHeadGenerationMixin, register
 
 
 @strict
@@ -187,6 +186,4 @@ class LSTMForCausalLM(LSTMPreTrainedModel, TiedHeadGenerationMixin):
     forward = TiedHeadGenerationMixin.forward  # nn.Module's placeholder would win in the method order otherwise
 
 
-# Importing this module is what makes "slm_lstm" checkpoints loadable through the Auto classes.
-AutoConfig.register(LSTMConfig.model_type, LSTMConfig, exist_ok=True)
-AutoModelForCausalLM.register(LSTMConfig, LSTMForCausalLM, exist_ok=True)
+register(LSTMConfig, LSTMForCausalLM)  # importing this module is what makes "slm_lstm" checkpoints loadable

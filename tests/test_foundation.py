@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,24 +11,7 @@ from conftest import REPO, TINY_PHI3, run
 
 from shared.errors import UserError
 from shared.recipe import load_recipe
-
-
-def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(text, encoding="utf-8")
-    return p
-
-
-BASE = """model:
-  name: demo
-  config: train_phi3/phi3_config.json
-data:
-  fallback: data/poems/poems.jsonl
-training:
-  learning_rate: 1.0e-3
-generation:
-  temperature: 0.8
-"""
+from test_recipe import BASE, write  # the same small recipe and writer
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -44,7 +26,7 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_generation_typo_is_rejected_in_yaml_and_in_overrides(tmp_path):
-    with pytest.raises(UserError, match=r"r\.yaml:10: unknown key 'generation\.temprature' \(did you mean 'temperature'\?\)"):
+    with pytest.raises(UserError, match=r"r\.yaml:11: unknown key 'generation\.temprature' \(did you mean 'temperature'\?\)"):
         load_recipe(write(tmp_path, BASE.replace("  temperature: 0.8", "  temperature: 0.8\n  temprature: 0.7")))
     for override in ("generation.temprature=0.7", "temprature=0.7"):
         with pytest.raises(UserError, match=r"unknown key '(generation\.)?temprature' \(did you mean 'temperature'\?\)"):
@@ -59,7 +41,7 @@ def test_make_generate_rejects_a_generation_typo_before_loading_anything(tmp_pat
 
 def test_duplicate_keys_name_both_lines(tmp_path):
     text = BASE.replace("  learning_rate: 1.0e-3", "  learning_rate: 1.0e-3\n  seed: 1\n  learning_rate: 5.0e-4")
-    with pytest.raises(UserError, match=r"r\.yaml:9: duplicate key 'training\.learning_rate' \(first at line 7\)"):
+    with pytest.raises(UserError, match=r"r\.yaml:10: duplicate key 'training\.learning_rate' \(first at line 8\)"):
         load_recipe(write(tmp_path, text))
     with pytest.raises(UserError, match=r"duplicate key 'data'"):
         load_recipe(write(tmp_path, BASE + "data:\n  block_size: 64\n"))
@@ -90,7 +72,7 @@ def test_stage_section_is_checked_against_the_scripts_dataclass(tmp_path):
         min_chars: int = 10
 
     text = BASE + "stage:\n  min_char: 5\n"
-    with pytest.raises(UserError, match=r"r\.yaml:11: unknown key 'stage\.min_char' \(did you mean 'min_chars'\?\)"):
+    with pytest.raises(UserError, match=r"r\.yaml:12: unknown key 'stage\.min_char' \(did you mean 'min_chars'\?\)"):
         load_recipe(write(tmp_path, text), stage=Clean)
     assert load_recipe(write(tmp_path, BASE), ["stage.min_chars=3"], stage=Clean).stage == Clean(min_chars=3)
 
