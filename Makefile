@@ -56,8 +56,11 @@ stage = $(LAUNCH) $(1) $(or $(RECIPE),$(2)) $(OVERRIDES) $(call publish,$(3))
 # (order-only: an existing result is reused, never retrained because of a timestamp); a missing one is built with
 # its recipe's defaults (no overrides: ARGS=... meant for the late stage do not leak into it).
 DONE        := final/stage.json
+# Its predecessors ($(5)) are made only when the stage itself must be built: a finished stage is reused even if the
+# runs it was built from were deleted since.
 define chain
 	@echo ">> $(1) is missing: building it first with $(2) and its recipe's defaults (make $(3) for the full stage)"
+	$(if $(5),@$(MAKE) --no-print-directory $(5))
 	$(PY) $(2) $(4)
 endef
 
@@ -164,18 +167,18 @@ bench-tokenizer: $(STAMP) ## tokenizer training time + peak RSS, both kinds, on 
 runs/phi2/clean/$(DONE): | $(STAMP)
 	$(call chain,runs/phi2/clean,train_phi2/clean.py,phi2-clean,recipes/phi2/clean.yaml)
 
-runs/phi2/tokenizer/$(DONE): | $(STAMP) runs/phi2/clean/$(DONE)
-	$(call chain,runs/phi2/tokenizer,train_phi2/tokenizer.py,phi2-tokenizer,recipes/phi2/tokenizer.yaml)
+runs/phi2/tokenizer/$(DONE): | $(STAMP)
+	$(call chain,runs/phi2/tokenizer,train_phi2/tokenizer.py,phi2-tokenizer,recipes/phi2/tokenizer.yaml,runs/phi2/clean/$(DONE))
 
 # built from the bundled data even when the Hub is reachable (quick); `make train-phi2` / `make phi2-sft` for the full recipe
-runs/phi2/pretrain/$(DONE): | $(STAMP) runs/phi2/tokenizer/$(DONE)
-	$(call chain,runs/phi2/pretrain,train_phi2/train.py,train-phi2,recipes/phi2/pretrain.yaml data.dataset=null)
+runs/phi2/pretrain/$(DONE): | $(STAMP)
+	$(call chain,runs/phi2/pretrain,train_phi2/train.py,train-phi2,recipes/phi2/pretrain.yaml data.dataset=null,runs/phi2/tokenizer/$(DONE))
 
-runs/phi2/sft/$(DONE): | $(STAMP) runs/phi2/pretrain/$(DONE)
-	$(call chain,runs/phi2/sft,train_phi2/train.py,phi2-sft,recipes/phi2/sft.yaml data.dataset=null)
+runs/phi2/sft/$(DONE): | $(STAMP)
+	$(call chain,runs/phi2/sft,train_phi2/train.py,phi2-sft,recipes/phi2/sft.yaml data.dataset=null,runs/phi2/pretrain/$(DONE))
 
-runs/phi2/dpo-data/$(DONE): | $(STAMP) runs/phi2/sft/$(DONE)
-	$(call chain,runs/phi2/dpo-data,train_phi2/dpo_data.py,phi2-dpo-data,recipes/phi2/dpo-data.yaml data.dataset=null)
+runs/phi2/dpo-data/$(DONE): | $(STAMP)
+	$(call chain,runs/phi2/dpo-data,train_phi2/dpo_data.py,phi2-dpo-data,recipes/phi2/dpo-data.yaml data.dataset=null,runs/phi2/sft/$(DONE))
 
 ##@ nanoGPT (train_nanogpt/)
 
@@ -196,11 +199,11 @@ finetune-nanogpt: $(STAMP) | runs/nanogpt/pretrain/$(DONE) runs/nanogpt/finetune
 runs/nanogpt/data/$(DONE): | $(STAMP)
 	$(call chain,runs/nanogpt/data,train_nanogpt/create_first_training_data.py,nanogpt-data,recipes/nanogpt/data.yaml)
 
-runs/nanogpt/finetune-data/$(DONE): | $(STAMP) runs/nanogpt/data/$(DONE)
-	$(call chain,runs/nanogpt/finetune-data,train_nanogpt/create_first_training_data.py,nanogpt-finetune-data,recipes/nanogpt/finetune-data.yaml)
+runs/nanogpt/finetune-data/$(DONE): | $(STAMP)
+	$(call chain,runs/nanogpt/finetune-data,train_nanogpt/create_first_training_data.py,nanogpt-finetune-data,recipes/nanogpt/finetune-data.yaml,runs/nanogpt/data/$(DONE))
 
-runs/nanogpt/pretrain/$(DONE): | $(STAMP) runs/nanogpt/data/$(DONE)
-	$(call chain,runs/nanogpt/pretrain,train_nanogpt/train.py,train-nanogpt,recipes/nanogpt/pretrain.yaml)
+runs/nanogpt/pretrain/$(DONE): | $(STAMP)
+	$(call chain,runs/nanogpt/pretrain,train_nanogpt/train.py,train-nanogpt,recipes/nanogpt/pretrain.yaml,runs/nanogpt/data/$(DONE))
 
 ##@ MiniGLM (minigl/)
 
@@ -233,20 +236,20 @@ runs/minigl/jynews/$(DONE): | $(STAMP)
 runs/minigl/zhihu/$(DONE): | $(STAMP)
 	$(call chain,runs/minigl/zhihu,minigl/prepare_zhihudata.py,minigl-data,recipes/minigl/zhihu.yaml)
 
-runs/minigl/data/$(DONE): | $(STAMP) runs/minigl/jynews/$(DONE) runs/minigl/zhihu/$(DONE)
-	$(call chain,runs/minigl/data,minigl/prepare.py,minigl-data,recipes/minigl/data.yaml)
+runs/minigl/data/$(DONE): | $(STAMP)
+	$(call chain,runs/minigl/data,minigl/prepare.py,minigl-data,recipes/minigl/data.yaml,runs/minigl/jynews/$(DONE) runs/minigl/zhihu/$(DONE))
 
-runs/minigl/pretrain/$(DONE): | $(STAMP) runs/minigl/data/$(DONE)
-	$(call chain,runs/minigl/pretrain,minigl/train.py,train-minigl,recipes/minigl/pretrain.yaml)
+runs/minigl/pretrain/$(DONE): | $(STAMP)
+	$(call chain,runs/minigl/pretrain,minigl/train.py,train-minigl,recipes/minigl/pretrain.yaml,runs/minigl/data/$(DONE))
 
-runs/minigl/finetune/$(DONE): | $(STAMP) runs/minigl/pretrain/$(DONE)
-	$(call chain,runs/minigl/finetune,minigl/train.py,finetune-minigl,recipes/minigl/finetune.yaml)
+runs/minigl/finetune/$(DONE): | $(STAMP)
+	$(call chain,runs/minigl/finetune,minigl/train.py,finetune-minigl,recipes/minigl/finetune.yaml,runs/minigl/pretrain/$(DONE))
 
-runs/minigl/lstm/$(DONE): | $(STAMP) runs/minigl/data/$(DONE)
-	$(call chain,runs/minigl/lstm,minigl/lstm_model.py,train-minigl-lstm,recipes/minigl/lstm.yaml)
+runs/minigl/lstm/$(DONE): | $(STAMP)
+	$(call chain,runs/minigl/lstm,minigl/lstm_model.py,train-minigl-lstm,recipes/minigl/lstm.yaml,runs/minigl/data/$(DONE))
 
-runs/minigl/lstm-finetune/$(DONE): | $(STAMP) runs/minigl/lstm/$(DONE)
-	$(call chain,runs/minigl/lstm-finetune,minigl/lstm_model.py,train-minigl-lstm,recipes/minigl/lstm-finetune.yaml)
+runs/minigl/lstm-finetune/$(DONE): | $(STAMP)
+	$(call chain,runs/minigl/lstm-finetune,minigl/lstm_model.py,train-minigl-lstm,recipes/minigl/lstm-finetune.yaml,runs/minigl/lstm/$(DONE))
 
 ##@ Tools
 
