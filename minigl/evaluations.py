@@ -9,7 +9,7 @@ For each model (stage.models: its pretrained and its QA-finetuned run):
 - answer perplexity of the finetuned model on the evaluation questions, the answer tokens (+ EOS) only;
 - Rouge-L (Chinese: one token per character) and key recall on the evaluation questions: greedy answers, cut at
   EOS or a next "Question:", the prompt never counted (minigl/sample_for_test.py writes them to answers_<model>.jsonl);
-- parameters, tokens seen and training time (pretraining + finetuning, from each run's train_summary.json).
+- parameters, tokens seen and training time (pretraining + finetuning, from each run's final/train_summary.json).
 The evaluation questions are qa_eval.jsonl of the data stage: split: eval in data/qa/qa.jsonl, never trained on.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ class EvalArgs:
 
 
 def summary(run: Path) -> dict:
-    path = run.parent / "train_summary.json"
+    path = run / "train_summary.json"  # written by shared/train.py into every final/
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 

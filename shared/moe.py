@@ -24,7 +24,11 @@ class MoETrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         aux = getattr(outputs, "aux_loss", None)
-        if model.training and aux is not None:
+        if aux is not None and not model.training:
+            # evaluation: the language-model loss alone, so eval loss and perplexity compare with dense models
+            # (the model adds coef * aux whenever output_router_logits is on, in eval mode too)
+            loss = loss - self.accelerator.unwrap_model(model).config.router_aux_loss_coef * aux.detach()
+        elif aux is not None:
             coef = self.accelerator.unwrap_model(model).config.router_aux_loss_coef
             aux = aux.detach().float().cpu()
             self._moe_sums += torch.stack([aux, loss.detach().float().cpu() - coef * aux]).double()
@@ -42,13 +46,15 @@ class MoETrainer(Trainer):
 
 @torch.no_grad()
 def expert_load(model, dataset, batch_size: int = 8, max_batches: int = 8) -> torch.Tensor:
-    """Tokens routed to each expert, per layer: a [layers, experts] tensor of counts over (part of) `dataset`."""
+    """Tokens routed to each expert, per layer: a [layers, experts] tensor of counts over (part of) `dataset`
+    (equal-length rows: packed blocks of a datasets.Dataset, or token-bin windows, read one item at a time)."""
     config = model.config
     counts = torch.zeros(config.num_hidden_layers, config.num_local_experts, dtype=torch.long)
     was_training = model.training
     model.eval()
     for start in range(0, min(len(dataset), batch_size * max_batches), batch_size):
-        ids = torch.tensor(dataset[start:start + batch_size]["input_ids"], device=model.device)
+        rows = [dataset[i]["input_ids"] for i in range(start, min(start + batch_size, len(dataset)))]
+        ids = torch.stack([torch.as_tensor(r) for r in rows]).to(model.device)
         out = model(input_ids=ids, output_router_logits=True)
         for layer, logits in enumerate(out.router_logits):
             chosen = logits.float().topk(config.num_experts_per_tok, dim=-1).indices.flatten().cpu()

@@ -105,6 +105,7 @@ class RunLog(TrainerCallback):
         self.speed: dict[int, float] = {}  # step -> tokens/s over the interval ending there
         self.started = dt.datetime.now(dt.timezone.utc)
         self.log_history: list[dict] = []
+        self.peak_memory: dict | None = None  # set at the end of training (peak_memory())
         self._mark: tuple[float, int] | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -120,6 +121,8 @@ class RunLog(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.log_history = list(state.log_history)
+        self.peak_memory = peak_memory()
+        self.facts["peak memory"] = f"{self.peak_memory['bytes'] / 2**30:.2f} GiB ({self.peak_memory['of']})"
 
     def add_section(self, heading: str, body: str) -> None:
         self.sections.append((heading, body))
@@ -199,6 +202,19 @@ class RunLog(TrainerCallback):
         tmp.write_text(self.render(png.name if has_png else None), encoding="utf-8")
         os.replace(tmp, target)
         return target
+
+
+def peak_memory() -> dict:
+    """The run's peak memory so far: the GPU's allocated peak (torch's counter) on CUDA, else the process's peak
+    resident set (the OS's counter, which includes data loading)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"bytes": torch.cuda.max_memory_allocated(), "of": f"{torch.cuda.get_device_name()}, torch's allocated peak"}
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"bytes": kib * 1024, "of": "CPU: the process's peak resident set"}
 
 
 def now_utc() -> str:

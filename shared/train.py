@@ -349,6 +349,16 @@ def ranks_in_sync(trainer: Trainer) -> str | None:
     return f"{len(sums)} ranks, identical weights (sha256 {sums[0][:16]})"
 
 
+def train_summary(trainer: Trainer, model: PreTrainedModel, runlog: RunLog) -> dict:
+    """What comparisons of runs read (make compare, eval-minigl): time, steps, tokens, size, peak memory."""
+    end = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
+    n = models.count_parameters(model)
+    return {"train_runtime_s": end.get("train_runtime"), "steps": trainer.state.global_step,
+            "tokens_seen": trainer.state.num_input_tokens_seen or None, "parameters": n["total"],
+            "embedding_parameters": n["embeddings"], "peak_memory_bytes": (runlog.peak_memory or {}).get("bytes"),
+            "peak_memory_of": (runlog.peak_memory or {}).get("of"), "hardware": runlog.facts.get("hardware")}
+
+
 def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | None = None, title: str = "") -> Path:
     """Write final/ (model, generation preset, tokenizer, recipe, log, stage.json) under a temporary name and swap it
     in, so a crash never leaves a half-written final model, or one without its log."""
@@ -370,6 +380,8 @@ def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | Non
         if runlog is not None:
             runlog.write(tmp)
             (tmp / "log_history.json").write_text(json.dumps(runlog.log_history, indent=0), encoding="utf-8")
+            (tmp / "train_summary.json").write_text(json.dumps(train_summary(trainer, model, runlog), indent=1),
+                                                    encoding="utf-8")
         for junk in ("training_args.bin",):  # pickled; the resolved recipe.yaml says the same, safely
             (tmp / junk).unlink(missing_ok=True)
         write_marker(tmp, recipe, title or "training")

@@ -34,24 +34,50 @@ def test_parameter_counts(name, vocab, millions):
 
 
 def test_expert_load_counts_every_routed_token():
+    from datasets import Dataset
+
     torch.manual_seed(0)
     cfg = config("mixtral_tiny.json", vocab_size=100, hidden_size=32, intermediate_size=64, num_attention_heads=4,
                  num_key_value_heads=4, num_hidden_layers=2)
     model = AutoModelForCausalLM.from_config(cfg)
     data = [{"input_ids": torch.randint(0, 100, (16,)).tolist()} for _ in range(6)]
 
-    class Rows(list):
-        def __getitem__(self, s):
-            return {"input_ids": [r["input_ids"] for r in list.__getitem__(self, s)]}
-
-    counts = expert_load(model, Rows(data), batch_size=4)
+    counts = expert_load(model, Dataset.from_list(data), batch_size=4)  # packed blocks: a datasets.Dataset
     assert counts.shape == (2, 8)
     assert (counts.sum(dim=1) == 6 * 16 * 2).all()  # every token picks top-2 experts in every layer
     table = expert_load_markdown(counts)
     assert table.count("\n| ") == 2 + 1 and "even split is 12.5%" in table
+    # token-bin windows (a torch Dataset, item by item) count the same way: the bins path of a Mixtral recipe
+    windows = [{"input_ids": torch.tensor(r["input_ids"])} for r in data]
+    assert torch.equal(expert_load(model, windows, batch_size=4), counts)
     collapsed = torch.zeros(1, 8, dtype=torch.long)
     collapsed[0, 0] = 100
     assert "collapsed?" in expert_load_markdown(collapsed)
+
+
+def test_moe_trainer_evaluates_the_language_model_loss_alone(tmp_path):
+    """Mixtral adds coef * aux_loss to its loss in eval mode too; MoETrainer's eval loss must be the LM loss (what a
+    dense model's eval loss is), while training still optimises LM + coef * aux."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from shared.moe import MoETrainer
+
+    torch.manual_seed(0)
+    cfg = config("mixtral_tiny.json", vocab_size=64, hidden_size=32, intermediate_size=32, num_attention_heads=4,
+                 num_key_value_heads=4, num_hidden_layers=2, router_aux_loss_coef=0.5, output_router_logits=True)
+    model = AutoModelForCausalLM.from_config(cfg)
+    ids = torch.randint(0, 64, (4, 16))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    got = MoETrainer(model=model, args=args, eval_dataset=data).evaluate()["eval_loss"]
+    model.eval()
+    with torch.no_grad():
+        both = model(input_ids=ids, labels=ids, output_router_logits=True)
+        lm = model(input_ids=ids, labels=ids, output_router_logits=False).loss.item()
+    assert both.loss.item() - lm == pytest.approx(0.5 * both.aux_loss.item(), rel=1e-4)  # the model adds it
+    assert both.aux_loss.item() > 0.5
+    assert got == pytest.approx(lm, rel=1e-5)
 
 
 TINY_8X7B_PATH = [  # the 8x7B recipe's code path, on a tiny random Mixtral that fits this CPU

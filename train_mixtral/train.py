@@ -19,7 +19,7 @@ def experts(model) -> dict[str, str]:
 
 def expert_load(model, data) -> list[tuple[str, str]]:
     counts = moe.expert_load(model, data.eval or data.train)
-    return [("Expert load after training (validation tokens)", moe.expert_load_markdown(counts))]
+    return [("Expert load after training (validation tokens)", moe.expert_load_markdown(counts, top_k=model.config.num_experts_per_tok))]
 
 
 if __name__ == "__main__":
