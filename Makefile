@@ -261,13 +261,16 @@ chat: $(STAMP) ## chat with a chat model: MODEL=nanogpt|phi2|minigl [RUN=...] [P
 	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/chat.py" || { echo "error: MODEL=$(MODEL) has no chat (nanogpt, phi2, minigl)"; exit 2; }
 	$(PY) $(MODEL_DIR)/chat.py $(ARGS)
 
-.PHONY: bench-quick gpu-check
+.PHONY: bench-quick gpu-check compare
 
 bench: $(STAMP) ## the performance benchmarks (packing, engine overhead, shakespeare-char, generation, MoE, throughput) -> bench/results.md
 	nice -n $(or $(NICE),10) $(PY) -m shared.bench $(RECIPE) $(ARGS)
 
 bench-quick: $(STAMP) ## a few-minute subset of make bench on a CPU -> bench/results-quick.md
 	nice -n $(or $(NICE),10) $(PY) -m shared.bench --quick $(RECIPE) $(ARGS)
+
+compare: $(STAMP) | runs/minigl/data/$(DONE) ## every architecture from scratch on the same Chinese bins and budget [BUDGET=300k] [ONLY=phi3,lstm..] -> bench/compare.md
+	nice -n $(or $(NICE),10) $(PY) -m shared.compare --budget $(or $(BUDGET),300k) $(if $(ONLY),--only $(ONLY)) $(ARGS)
 
 gpu-check: $(STAMP) ## on an NVIDIA GPU: each recipe's model in bf16, compile off/on: tokens/s, MFU, memory (< 8 min) -> bench/gpu_check.md
 	$(PY) bench/gpu_check.py $(ARGS)

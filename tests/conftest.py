@@ -45,3 +45,15 @@ def log_history(run_dir: Path) -> list[dict]:
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def minigl_runs(tmp_path_factory) -> Path:
+    """MiniGLM's three data stages, as `make minigl-data` runs them, on a slice of the bundled corpora, into a
+    temporary runs/ folder (shared by the MiniGLM and compare tests: built once per session)."""
+    root = tmp_path_factory.mktemp("runs")
+    run(["minigl/prepare_jynews.py", f"run.output_root={root}", "data.max_samples=30"])
+    run(["minigl/prepare_zhihudata.py", f"run.output_root={root}", "data.max_samples=60"])
+    run(["minigl/prepare.py", f"run.output_root={root}",
+         f"stage.include=[{root}/minigl/jynews, {root}/minigl/zhihu]"])
+    return root

@@ -15,14 +15,9 @@ def read(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(minigl_runs) -> Path:
     """The three data stages, as `make minigl-data` runs them, into a temporary runs/ folder."""
-    root = tmp_path_factory.mktemp("runs")
-    run(["minigl/prepare_jynews.py", f"run.output_root={root}", "data.max_samples=30"])
-    run(["minigl/prepare_zhihudata.py", f"run.output_root={root}", "data.max_samples=60"])
-    run(["minigl/prepare.py", f"run.output_root={root}",
-         f"stage.include=[{root}/minigl/jynews, {root}/minigl/zhihu]"])
-    return root
+    return minigl_runs
 
 
 @pytest.fixture
