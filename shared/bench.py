@@ -32,7 +32,7 @@ import torch
 from .errors import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "throughput")
+SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "router", "bins", "throughput")
 
 
 def load_avg() -> list[float]:
@@ -660,6 +660,82 @@ def bench_moe(quick: bool) -> dict:
     return {"rows": rows, "markdown": "\n".join(md)}
 
 
+# the settings the Mixtral document leaves open; transformers' Mixtral has no router z-loss (it would be a loss of our
+# own), so the sweep covers the auxiliary-loss coefficient, how the loss is taken (over all layers pooled, as
+# transformers does, or per layer: shared/moe.py) and the router's input jitter
+ROUTER_SETTINGS = [
+    ("pooled (transformers), coef 0.02: the document", {"router_aux_loss_per_layer": False}),
+    ("pooled, coef 0.1", {"router_aux_loss_per_layer": False, "router_aux_loss_coef": 0.1}),
+    ("pooled, coef 0.02, jitter 0.01", {"router_aux_loss_per_layer": False, "router_jitter_noise": 0.01}),
+    ("per layer, coef 0.02", {"router_aux_loss_per_layer": True}),
+    ("per layer, coef 0.1", {"router_aux_loss_per_layer": True, "router_aux_loss_coef": 0.1}),
+]
+
+
+def expert_table(log: Path) -> list[list[float]]:
+    """The expert-load shares (percent per expert, one row per layer) from a Mixtral run's train_log.md."""
+    lines = log.read_text(encoding="utf-8").split("## Expert load", 1)[1].split("\n## ", 1)[0].splitlines()
+    header = next(line for line in lines if line.startswith("| layer"))
+    experts = sum(1 for cell in header.split("|") if cell.strip()[:1] == "e" and cell.strip()[1:].isdigit())
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    return [[float(c) for c in row[1:1 + experts]] for row in cells if row[0].isdigit()]
+
+
+def bench_router(quick: bool, steps: int | None = None) -> dict:
+    from .compare import read_run
+    from .moe import router_health
+
+    steps = steps or (100 if quick else 300)
+    recipe = "recipes/compare/mixtral.yaml"
+    bins = ROOT / "runs" / "minigl" / "data" / "final"
+    if not (bins / "meta.json").is_file():
+        subprocess.run(["make", "-C", str(ROOT), "minigl-data", "PUBLISH=no"], check=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="slm-router-") as tmp:
+        for label, cfg in ROUTER_SETTINGS:
+            la = load_avg()
+            out = Path(tmp) / label.split(":")[0].replace(" ", "_").replace(",", "")
+            cmd = [sys.executable, "train_mixtral/train.py", recipe, f"training.max_steps={steps}",
+                   f"run.output_root={out}", *[f"model.overrides.{k}={v}" for k, v in cfg.items()]]
+            print("  " + " ".join(cmd[1:]), flush=True)
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"router bench: {label} failed:\n{proc.stderr[-2000:]}")
+            final = out / "compare" / "mixtral" / "final"
+            run = read_run(final)
+            shares = expert_table(final / "train_log.md")
+            health = [router_health(torch.tensor(r), top_k=2) for r in shares]
+            rows.append({"setting": label, "config": cfg, "val_loss": run["final_eval"]["eval_loss"],
+                         "shares": shares, "health": health, "load": la,
+                         "collapsed layers": sum(h["flag"].startswith("collapsed") for h in health),
+                         "min share": min(min(r) for r in shares), "worst top-2": max(h["top_k_share"] for h in health)})
+    base = rows[0]
+    md = [f"`{recipe}` (Mixtral, 4 layers x 128, 8 experts of 172, top-2; 3.25M parameters) trained from scratch "
+          f"for {steps} steps x 16 x 128 tokens on MiniGLM's Chinese bins, seeded, once per setting through "
+          f"train_mixtral/train.py; the expert load is counted on validation tokens after training, the loss is the "
+          f"validation language-model loss (no router loss). transformers' Mixtral has no router z-loss, so the "
+          f"sweep covers the coefficient, the jitter and how the balance loss is taken: pooled over all layers "
+          f"(transformers' `load_balancing_loss_func`) or per layer (shared/moe.py).", "",
+          "| setting | val loss | vs the document | collapsed layers | worst layer's top-2 share | least-used expert | load |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['setting']} | {r['val_loss']:.4f} | {r['val_loss'] - base['val_loss']:+.4f} | "
+           f"{r['collapsed layers']} of {len(r['health'])} | {r['worst top-2']:.1f}% | {r['min share']:.1f}% | "
+           f"{r['load'][0]} |" for r in rows]
+    healthy = [r for r in rows if r["collapsed layers"] == 0 and r["val_loss"] <= base["val_loss"] + 0.01]
+    best = min(healthy, key=lambda r: r["val_loss"]) if healthy else None
+    md += ["", f"Every expert in use without a worse loss (no collapsed layer, loss within +0.01): "
+           f"**{best['setting'] if best else 'none of these settings'}**."]
+    other = best or min(rows[1:], key=lambda r: (r["collapsed layers"], r["val_loss"]))
+    md += ["", f"Expert shares per layer (%), the document's setting beside {other['setting']}:", "",
+           "| layer | " + " | ".join(f"e{e}" for e in range(len(base["shares"][0]))) + " | flag || "
+           + " | ".join(f"e{e}" for e in range(len(base["shares"][0]))) + " | flag |",
+           "|---|" + "---|" * (2 * len(base["shares"][0]) + 3)]
+    for layer, (a, b) in enumerate(zip(base["shares"], other["shares"])):
+        md.append(f"| {layer} | " + " | ".join(f"{x:.1f}" for x in a) + f" | {base['health'][layer]['flag'] or '–'} || "
+                  + " | ".join(f"{x:.1f}" for x in b) + f" | {other['health'][layer]['flag'] or '–'} |")
+    return {"rows": rows, "best": best["setting"] if best else None, "markdown": "\n".join(md)}
+
+
 # train_mixtral/train_log.md, "Expert load after training": share of routed tokens per expert, per layer
 REFERENCE_EXPERT_SHARES = [
     [19.6, 7.8, 2.8, 2.9, 26.5, 28.1, 4.0, 8.2],
@@ -670,7 +746,53 @@ REFERENCE_EXPERT_SHARES = [
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 6. each recipe's training throughput + peak memory (synthetic tokens)
+# 6. the bin writer's tokens/s with parallel workers (tokenizer training at scale: make bench-tokenizer)
+
+
+def bench_bins(quick: bool, chars: int | None = None) -> dict:
+    from datasets import Dataset
+
+    from .bins import write_bins
+    from .textgen import NgramModel, bundled_chinese_texts
+
+    chars = chars or (2_000_000 if quick else 20_000_000)
+    t0 = time.perf_counter()
+    docs = list(NgramModel.from_texts(bundled_chinese_texts(), order=4).generate(chars, seed=0))
+    made = time.perf_counter() - t0
+    tok = poem_tokenizer()
+    split = {"train": Dataset.from_dict({"text": docs})}
+    workers = sorted({1, 2, os.cpu_count() or 1})
+    rows = []
+    for n in workers:
+        with tempfile.TemporaryDirectory(prefix="slm-bins-") as d:
+            la = load_avg()
+            t = time.perf_counter()
+            meta = write_bins(d, split, tok, num_proc=n)
+            sec = time.perf_counter() - t
+        tokens = meta["splits"]["train"]["tokens"]
+        rows.append({"workers": n, "seconds": round(sec, 2), "tokens": tokens, "tokens/s": round(tokens / sec),
+                     "sha256": meta["splits"]["train"]["sha256"], "load": la})
+    for r in rows:
+        r["x 1 worker"] = round(rows[0]["seconds"] / r["seconds"], 2)
+    same = len({r["sha256"] for r in rows}) == 1
+    md = [f"`shared/bins.write_bins` (the writer behind every `*-data` stage: documents tokenised in chunks by a "
+          f"process pool, appended in document order) on {chars:,} characters of generated Chinese text "
+          f"({len(docs):,} documents, `shared/textgen.py`, made in {made:.0f} s) with the bench's BPE tokenizer "
+          f"(vocab {len(tok)}). The bins are {'byte-identical' if same else 'NOT identical'} for every worker count "
+          f"(sha256). {os.cpu_count()} CPU cores.", "",
+          "| workers (num_proc) | seconds | tokens | tokens/s | x 1 worker | load |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['workers']} | {r['seconds']:.1f} | {r['tokens']:,} | {r['tokens/s']:,} | {r['x 1 worker']:.2f} "
+           f"| {r['load'][0]} |" for r in rows]
+    table = ROOT / "train_phi2" / "tokenizer_bench.md"
+    if table.is_file():
+        md += ["", f"Tokenizer training at scale (`make bench-tokenizer SIZE=100M|1B`, its own process per run; "
+               f"from `{table.relative_to(ROOT)}`, measured when that file says):", ""]
+        md += [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+    return {"rows": rows, "identical": same, "markdown": "\n".join(md)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. each recipe's training throughput + peak memory (synthetic tokens)
 
 
 def bench_throughput(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
@@ -751,6 +873,8 @@ TITLES = {"packing": "1. Packing vs padding (useful tokens/s; goal: packing >= 3
           "shakespeare": "3. nanoGPT shakespeare-char CPU workload (Trainer vs bare loop)",
           "generation": "4. Generation (goal: ours within 1.2x of GPT2LMHeadModel)",
           "moe": "5. MoE expert implementations and the router-health flag",
+          "router": "5b. Router health: load-balancing settings (the same Mixtral, data and budget)",
+          "bins": "6. Token bins with parallel workers; tokenizer training at scale",
           "throughput": "Training throughput and peak memory per recipe"}
 
 
@@ -812,6 +936,13 @@ def write(out: Path, stem: str, results: dict) -> None:
              f"- **load average (1, 5, 15 min) at start**: {env['load at start']}", ""]
     for name, r in results["sections"].items():
         lines += [f"## {TITLES[name]}", "", r["markdown"], "", f"_{r['seconds']} s; load after: {r['load after']}_", ""]
+    gpu = out / "gpu_check.md"
+    lines += ["## GPU check (`make gpu-check`)", ""]
+    if gpu.is_file():
+        lines += [f"On an NVIDIA GPU: [{gpu.name}]({gpu.name}) (its own run, command and GPU named there).", ""]
+    else:
+        lines += ["Not run: no NVIDIA GPU has been available to this project yet. `make gpu-check` "
+                  "(bench/gpu_check.py, < 8 minutes) writes bench/gpu_check.md where one is.", ""]
     (out / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
 

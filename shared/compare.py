@@ -265,7 +265,7 @@ def plot(path: Path, rows: list[dict]) -> bool:
         b.plot([c["flops"] for c in r["curve"]], ys, marker=".", label=r["model"])
     a.set_xlabel("training tokens")
     b.set_xlabel("estimated training FLOPs")
-    b.set_xscale("log")
+    b.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     a.set_ylabel("validation loss (fixed subset)")
     a.legend()
     fig.tight_layout()

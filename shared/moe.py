@@ -1,7 +1,13 @@
 """Mixture-of-experts helpers: log the router's load-balancing loss apart from the LM loss, and count expert load.
 
-`MoETrainer` is the HF Trainer with one addition: the model's `aux_loss` (and the LM loss without it) is averaged
-over each logging interval and logged next to `loss`, so train_log.md shows both. `expert_load` routes held-out
+`MoETrainer` is the HF Trainer with two additions: the model's `aux_loss` (and the LM loss without it) is averaged
+over each logging interval and logged next to `loss`, so train_log.md shows both; and, where the config says
+`router_aux_loss_per_layer: true`, the load-balancing loss is taken layer by layer (transformers' own
+`load_balancing_loss_func` on each layer's router logits, averaged) instead of once over all layers' routings pooled.
+Pooled, as transformers computes it, the loss is already at its balanced minimum when every layer sends its tokens
+to a *different* pair of experts: each layer may collapse onto two experts, which is what train_mixtral's reference
+log showed (aux_loss 2.00 = balanced, layer 1's top-2 experts taking 87.6%); per layer it cannot (bench/results.md,
+section 5, measures both). `expert_load` routes held-out
 tokens through the model and counts, per layer, how many tokens each expert receives (top-k choices), which makes a
 collapsed router (a few experts taking everything) visible.
 """
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from transformers import Trainer
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 
 class MoETrainer(Trainer):
@@ -29,7 +36,13 @@ class MoETrainer(Trainer):
             # (the model adds coef * aux whenever output_router_logits is on, in eval mode too)
             loss = loss - self.accelerator.unwrap_model(model).config.router_aux_loss_coef * aux.detach()
         elif aux is not None:
-            coef = self.accelerator.unwrap_model(model).config.router_aux_loss_coef
+            config = self.accelerator.unwrap_model(model).config
+            coef = config.router_aux_loss_coef
+            if getattr(config, "router_aux_loss_per_layer", False):
+                per_layer = per_layer_balance_loss(outputs.router_logits, config.num_local_experts,
+                                                   config.num_experts_per_tok, inputs.get("attention_mask"))
+                loss = loss + coef * (per_layer - aux)  # the model added coef * the pooled loss: swap it
+                aux = per_layer
             aux = aux.detach().float().cpu()
             self._moe_sums += torch.stack([aux, loss.detach().float().cpu() - coef * aux]).double()
             self._moe_count += 1
@@ -42,6 +55,13 @@ class MoETrainer(Trainer):
             self._moe_sums.zero_()
             self._moe_count = 0
         super().log(logs, start_time)
+
+
+def per_layer_balance_loss(router_logits, experts: int, top_k: int, attention_mask=None) -> torch.Tensor:
+    """transformers' Switch-style load-balancing loss of each layer on its own, averaged over the layers (the same
+    scale: top_k when a layer's routing is even)."""
+    return torch.stack([load_balancing_loss_func((layer,), experts, top_k, attention_mask)
+                        for layer in router_logits]).mean()
 
 
 @torch.no_grad()

@@ -80,6 +80,49 @@ def test_moe_trainer_evaluates_the_language_model_loss_alone(tmp_path):
     assert got == pytest.approx(lm, rel=1e-5)
 
 
+def test_balance_loss_per_layer_sees_what_the_pooled_loss_misses():
+    """Each layer sending every token to its own pair of experts: pooled over layers (transformers) the loss is at its
+    balanced minimum (top_k = 2); per layer it is maximal (8 = E); an even router scores 2 both ways."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from shared.moe import per_layer_balance_loss
+
+    tokens, experts = 64, 8
+    layers = []
+    for layer in range(4):
+        logits = torch.full((tokens, experts), -30.0)
+        logits[:, 2 * layer:2 * layer + 2] = 0.0  # this layer: experts 2l and 2l+1, half the probability each
+        layers.append(logits)
+    assert float(load_balancing_loss_func(tuple(layers), experts, 2)) == pytest.approx(2.0, abs=1e-4)
+    assert float(per_layer_balance_loss(tuple(layers), experts, 2)) == pytest.approx(8.0, abs=1e-4)
+    torch.manual_seed(0)
+    even = tuple(torch.randn(4096, experts) * 0.01 for _ in range(4))
+    assert float(per_layer_balance_loss(even, experts, 2)) == pytest.approx(2.0, abs=0.05)
+
+
+def test_moe_trainer_trains_on_the_per_layer_balance_loss_when_configured(tmp_path):
+    from transformers import TrainingArguments
+
+    from shared.moe import MoETrainer, per_layer_balance_loss
+
+    torch.manual_seed(0)
+    cfg = config("mixtral_tiny.json", vocab_size=64, hidden_size=32, intermediate_size=32, num_attention_heads=4,
+                 num_key_value_heads=4, num_hidden_layers=2, router_aux_loss_coef=0.5, output_router_logits=True)
+    model = AutoModelForCausalLM.from_config(cfg).train()
+    ids = torch.randint(0, 64, (4, 16))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = MoETrainer(model=model, args=args)
+    with torch.no_grad():
+        lm = model(input_ids=ids, labels=ids, output_router_logits=False).loss.item()
+        logits = model(input_ids=ids, labels=ids).router_logits
+        per_layer, pooled = per_layer_balance_loss(logits, 8, 2).item(), model(input_ids=ids, labels=ids).aux_loss.item()
+        for flag, aux in ((False, pooled), (True, per_layer)):
+            model.config.router_aux_loss_per_layer = flag
+            loss = trainer.compute_loss(model, {"input_ids": ids, "labels": ids}).item()
+            assert loss == pytest.approx(lm + 0.5 * aux, rel=1e-5)
+    assert per_layer > pooled  # different numbers, so the assertion above tells the two apart
+
+
 TINY_8X7B_PATH = [  # the 8x7B recipe's code path, on a tiny random Mixtral that fits this CPU
     "model.config=train_mixtral/mixtral_tiny.json", "model.init_from=null", "tokenizer.name=null",
     "tokenizer.fallback=bpe", "tokenizer.vocab_size=400", "run.precision=fp32", "training.max_steps=3",
