@@ -663,12 +663,14 @@ def bench_moe(quick: bool) -> dict:
 # the settings the Mixtral document leaves open; transformers' Mixtral has no router z-loss (it would be a loss of our
 # own), so the sweep covers the auxiliary-loss coefficient, how the loss is taken (over all layers pooled, as
 # transformers does, or per layer: shared/moe.py) and the router's input jitter
-ROUTER_SETTINGS = [
-    ("pooled (transformers), coef 0.02: the document", {"router_aux_loss_per_layer": False}),
-    ("pooled, coef 0.1", {"router_aux_loss_per_layer": False, "router_aux_loss_coef": 0.1}),
-    ("pooled, coef 0.02, jitter 0.01", {"router_aux_loss_per_layer": False, "router_jitter_noise": 0.01}),
-    ("per layer, coef 0.02", {"router_aux_loss_per_layer": True}),
-    ("per layer, coef 0.1", {"router_aux_loss_per_layer": True, "router_aux_loss_coef": 0.1}),
+ROUTER_SETTINGS = [  # every key explicit: the config's own defaults are what this sweep chose
+    ("pooled (transformers), coef 0.02: the document", {"router_aux_loss_per_layer": False, "router_aux_loss_coef": 0.02,
+                                                        "router_jitter_noise": 0.0}),
+    ("pooled, coef 0.1", {"router_aux_loss_per_layer": False, "router_aux_loss_coef": 0.1, "router_jitter_noise": 0.0}),
+    ("pooled, coef 0.02, jitter 0.01", {"router_aux_loss_per_layer": False, "router_aux_loss_coef": 0.02,
+                                        "router_jitter_noise": 0.01}),
+    ("per layer, coef 0.02", {"router_aux_loss_per_layer": True, "router_aux_loss_coef": 0.02, "router_jitter_noise": 0.0}),
+    ("per layer, coef 0.1", {"router_aux_loss_per_layer": True, "router_aux_loss_coef": 0.1, "router_jitter_noise": 0.0}),
 ]
 
 
@@ -885,6 +887,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs (make bench-quick)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.md / results.json")
+    parser.add_argument("--update", action="store_true", help="keep the other sections of the existing results.json "
+                        "and rerun only --only's (each section records the commit and command that measured it)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; on a CPU shared "
                         "with other jobs 1 avoids intra-op barrier stalls)")
     args = parser.parse_args(argv)
@@ -906,6 +910,9 @@ def main(argv: list[str]) -> None:
     env = environment(argv)
     print(json.dumps(env, indent=1), flush=True)
     results: dict = {"environment": env, "quick": args.quick, "sections": {}}
+    previous = out / f"{stem}.json"
+    if args.update and previous.is_file():
+        results = json.loads(previous.read_text(encoding="utf-8"))
     for name in only:
         t = time.perf_counter()
         print(f"\n== {TITLES[name]}", flush=True)
@@ -917,7 +924,9 @@ def main(argv: list[str]) -> None:
             r = globals()[f"bench_{name}"](args.quick)
         r["seconds"] = round(time.perf_counter() - t, 1)
         r["load after"] = load_avg()
+        r["measured"] = {k: env[k] for k in ("command", "git commit", "date")}
         results["sections"][name] = r
+        results["sections"] = {k: results["sections"][k] for k in SECTIONS if k in results["sections"]}
         print(r["markdown"], flush=True)
         print(f"({r['seconds']} s; load after {r['load after']})", flush=True)
         write(out, stem, results)
@@ -936,6 +945,9 @@ def write(out: Path, stem: str, results: dict) -> None:
              f"- **load average (1, 5, 15 min) at start**: {env['load at start']}", ""]
     for name, r in results["sections"].items():
         lines += [f"## {TITLES[name]}", "", r["markdown"], "", f"_{r['seconds']} s; load after: {r['load after']}_", ""]
+        m = r.get("measured", env)
+        if m["git commit"] != env["git commit"]:
+            lines[-1:] = [f"_Measured apart from the rest: `{m['command']}` at commit {m['git commit']}, {m['date']}._", ""]
     gpu = out / "gpu_check.md"
     lines += ["## GPU check (`make gpu-check`)", ""]
     if gpu.is_file():

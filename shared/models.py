@@ -126,6 +126,8 @@ def build_model(recipe: Recipe, config, tokenizer=None) -> PreTrainedModel:
     torch.manual_seed(recipe.training.get("seed", 42))
     remote = recipe.model.trust_remote_code
     kwargs = {"attn_implementation": attention(recipe)} if recipe.model.attn_implementation else {}
+    if recipe.model.experts_implementation:
+        kwargs["experts_implementation"] = recipe.model.experts_implementation
     source = starting_point(recipe)
     if source is not None:
         try:

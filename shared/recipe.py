@@ -55,6 +55,7 @@ class ModelArgs:
     trust_remote_code: bool = False  # never on unless a recipe asks for it
     lora: dict | None = None  # peft LoraConfig fields; None = full fine-tune
     attn_implementation: str | None = None  # sdpa | eager | flash_attention_2 (needs flash-attn and a GPU)
+    experts_implementation: str | None = None  # MoE models: grouped_mm | batched_mm | eager (None: transformers')
     vocab_multiple: int = 1  # embedding rows rounded up to a multiple of this (64: the Phi-2 and nanoGPT configs)
 
 
@@ -105,6 +106,7 @@ CHOICES = {
     ("tokenizer", "fallback"): ("bpe", "none"),
     ("run", "precision"): ("auto", "bf16", "fp16", "fp32"),
     ("model", "attn_implementation"): (None, "sdpa", "eager", "flash_attention_2"),
+    ("model", "experts_implementation"): (None, "grouped_mm", "batched_mm", "eager"),
 }
 
 
@@ -397,8 +399,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: typ
                                 f"got {value!r}")
             choices = CHOICES.get((section, key))
             if choices and value not in choices:
-                raise UserError(f"{where(f'{section}.{key}')}: {section}.{key} must be one of {', '.join(choices)}, "
-                                f"got {value!r}")
+                raise UserError(f"{where(f'{section}.{key}')}: {section}.{key} must be one of "
+                                f"{', '.join('null' if c is None else c for c in choices)}, got {value!r}"
+                                + _suggest(str(value), [c for c in choices if c]))
         return body
 
     built = {section: cls(**typed(section, sections.get(section, {}), typing.get_type_hints(cls)))

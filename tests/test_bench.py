@@ -65,3 +65,15 @@ def test_expert_load_markdown_flags_collapse():
     rows = [line for line in table.splitlines() if line.startswith("| 0") or line.startswith("| 1")]
     assert "collapsed?" not in rows[0] and "skewed" not in rows[0]
     assert "collapsed?" in rows[1]
+
+
+def test_expert_table_reads_the_run_logs_shares(tmp_path):
+    from shared.bench import expert_table
+
+    log = tmp_path / "train_log.md"
+    log.write_text("# x\n\n## Expert load after training (validation tokens)\n\nShare of routed tokens.\n\n"
+                   "| layer | e0 | e1 | e2 | e3 | top-2 | max/min | |\n|---|---|---|---|---|---|---|---|\n"
+                   "| 0 | 40.0 | 10.0 | 25.0 | 25.0 | 65.0 | 4.0 | skewed |\n"
+                   "| 1 | 0.1 | 49.9 | 50.0 | 0.0 | 99.9 | inf | collapsed? |\n\n## Samples\n\n| 3 | 1 | 2 |\n",
+                   encoding="utf-8")
+    assert expert_table(log) == [[40.0, 10.0, 25.0, 25.0], [0.1, 49.9, 50.0, 0.0]]

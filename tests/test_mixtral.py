@@ -157,8 +157,8 @@ def test_8x7b_recipe_runs_under_deepspeed_zero3(tmp_path, ds_config):
     assert (ckpt / ".complete").is_file() and list(ckpt.glob("global_step3/*optim_states.pt")), "ZeRO shards saved"
     rows = [e for e in history(run_dir) if "loss" in e]
     assert len(rows) == 3 and all("aux_loss" in r and "lm_loss" in r for r in rows)
-    for r in rows:  # loss = LM loss + coef * router loss (coef 0.02 in the config)
-        assert r["loss"] == pytest.approx(r["lm_loss"] + 0.02 * r["aux_loss"], abs=2e-3)
+    for r in rows:  # loss = LM loss + coef * router loss (coef 0.1 in the config, balanced per layer)
+        assert r["loss"] == pytest.approx(r["lm_loss"] + 0.1 * r["aux_loss"], abs=2e-3)
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")  # gathered 16-bit weights, HF format
     assert type(model).__name__ == "MixtralForCausalLM" and model.config.hidden_size == 64
     log = (run_dir / "final" / "train_log.md").read_text(encoding="utf-8")
@@ -235,3 +235,19 @@ def test_launcher_commands():
     assert "--config_file recipes/accelerate/multinode.yaml" in multi
     torchrun = dry("NPROC=8", "NNODES=2", "NODE_RANK=0", "MASTER_ADDR=10.0.0.1")
     assert "torch.distributed.run --nproc_per_node 8 --nnodes 2 --node_rank 0 --master_addr 10.0.0.1" in torchrun
+
+
+def test_recipe_chooses_the_experts_implementation():
+    from shared.errors import UserError
+    from shared.models import build_model, model_config
+    from shared.recipe import load_recipe
+
+    small = ["model.overrides.hidden_size=32", "model.overrides.intermediate_size=32", "model.overrides.num_hidden_layers=1",
+             "model.overrides.num_attention_heads=4", "model.overrides.num_key_value_heads=4"]
+    for extra, want in (([], "grouped_mm"), (["model.experts_implementation=eager"], "eager")):
+        recipe = load_recipe(REPO / "recipes/mixtral/pretrain.yaml", small + extra)
+        config = model_config(recipe)
+        config.vocab_size = 64
+        assert build_model(recipe, config).get_experts_implementation() == {"": want}
+    with pytest.raises(UserError, match="experts_implementation"):
+        load_recipe(REPO / "recipes/mixtral/pretrain.yaml", ["model.experts_implementation=grouped"])

@@ -16,7 +16,8 @@ def experts(model) -> dict[str, str]:
     return {"experts": f"{c.num_local_experts} per layer, top-{c.num_experts_per_tok}, "
                        f"router_aux_loss_coef {c.router_aux_loss_coef}, balanced "
                        f"{'per layer' if getattr(c, 'router_aux_loss_per_layer', False) else 'over all layers pooled'}, "
-                       f"router_jitter_noise {c.router_jitter_noise}"}
+                       f"router_jitter_noise {c.router_jitter_noise}; experts_implementation "
+                       f"{model.get_experts_implementation().get('', '')}"}
 
 
 def expert_load(model, data) -> list[tuple[str, str]]:
