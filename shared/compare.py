@@ -237,7 +237,8 @@ def write(out: Path, env: dict, rows: list[dict], recipe, steps: int, per_step: 
                      f"| {fmt(r['peak_memory_bytes'] / 2**30, '.2f', ' GiB')} | {r['wall_s']:.0f} "
                      f"| {r['load at start'][0]} |")
     lines += ["", "Sorted by validation loss. `without embeddings`: every parameter but the input embedding tables; "
-              "`per token (matmul)`: what one token's forward pass multiplies by (the FLOPs' N).", ""]
+              "`per token (matmul)`: what one token's forward pass multiplies by (the FLOPs' N); `last train loss`: "
+              "the training objective (Mixtral's includes its router loss).", ""]
     if plot(out / "compare.png", rows):
         lines += ["![validation loss vs training tokens and vs estimated training FLOPs](compare.png)", ""]
     lines += ["Each model's run (final/ with train_log.md, log_history.json, train_summary.json) is under "
