@@ -480,7 +480,7 @@ def bench_shakespeare(quick: bool, out_dir: Path) -> dict:
     bare_wall = time.perf_counter() - t0 - paused
     bare_s = statistics.median(b - a for a, b in zip(marks[5:-1], marks[6:]))
     la1 = load_avg()
-    png = out_dir / "shakespeare_char_loss.png"
+    png = out_dir / f"shakespeare_char_loss{'-quick' if quick else ''}.png"  # make bench and bench-quick apart
     try:
         import matplotlib
         matplotlib.use("Agg")
