@@ -266,7 +266,7 @@ chat: $(STAMP) ## chat with a chat model: MODEL=nanogpt|phi2|minigl [RUN=...] [P
 bench: $(STAMP) ## the performance benchmarks (packing, engine overhead, shakespeare-char, generation, MoE, throughput) -> bench/results.md
 	nice -n $(or $(NICE),10) $(PY) -m shared.bench $(RECIPE) $(ARGS)
 
-bench-quick: $(STAMP) ## a few-minute subset of make bench on a CPU -> bench/results-quick.md
+bench-quick: $(STAMP) ## every section of make bench at a smaller size (~12 min on 2 CPU cores) -> bench/results-quick.md
 	nice -n $(or $(NICE),10) $(PY) -m shared.bench --quick $(RECIPE) $(ARGS)
 
 compare: $(STAMP) | runs/minigl/data/$(DONE) ## every architecture from scratch on the same Chinese bins and budget [BUDGET=300k] [ONLY=phi3,lstm..] -> bench/compare.md
