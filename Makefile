@@ -263,7 +263,7 @@ chat: $(STAMP) ## chat with a chat model: MODEL=nanogpt|phi2|minigl [RUN=...] [P
 
 .PHONY: bench-quick gpu-check compare
 
-bench: $(STAMP) ## the performance benchmarks (packing, engine overhead, shakespeare-char, generation, MoE, throughput) -> bench/results.md
+bench: $(STAMP) ## the performance benchmarks (packing, engine overhead, shakespeare-char, generation, MoE + router, bins, throughput; ~45 min) -> bench/results.md
 	nice -n $(or $(NICE),10) $(PY) -m shared.bench $(RECIPE) $(ARGS)
 
 bench-quick: $(STAMP) ## every section of make bench at a smaller size (~12 min on 2 CPU cores) -> bench/results-quick.md
