@@ -6,8 +6,8 @@ over each logging interval and logged next to `loss`, so train_log.md shows both
 `load_balancing_loss_func` on each layer's router logits, averaged) instead of once over all layers' routings pooled.
 Pooled, as transformers computes it, the loss is already at its balanced minimum when every layer sends its tokens
 to a *different* pair of experts: each layer may collapse onto two experts, which is what train_mixtral's reference
-log showed (aux_loss 2.00 = balanced, layer 1's top-2 experts taking 87.6%); per layer it cannot (bench/results.md,
-section 5, measures both). `expert_load` routes held-out
+log showed (aux_loss 2.00 = balanced, layer 1's top-2 experts taking 87.6%); per layer that is penalised (bench/results.md,
+section 5b, measures both). `expert_load` routes held-out
 tokens through the model and counts, per layer, how many tokens each expert receives (top-k choices), which makes a
 collapsed router (a few experts taking everything) visible.
 """
