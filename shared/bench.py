@@ -684,7 +684,7 @@ def expert_table(log: Path) -> list[list[float]]:
 
 
 def bench_router(quick: bool, steps: int | None = None) -> dict:
-    from .compare import read_run
+    from .compare import ARCHS, read_run, train_one
     from .moe import router_health
 
     steps = steps or (100 if quick else 300)
@@ -697,12 +697,8 @@ def bench_router(quick: bool, steps: int | None = None) -> dict:
         for label, cfg in ROUTER_SETTINGS:
             la = load_avg()
             out = Path(tmp) / label.split(":")[0].replace(" ", "_").replace(",", "")
-            cmd = [sys.executable, "train_mixtral/train.py", recipe, f"training.max_steps={steps}",
-                   f"run.output_root={out}", *[f"model.overrides.{k}={v}" for k, v in cfg.items()]]
-            print("  " + " ".join(cmd[1:]), flush=True)
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"router bench: {label} failed:\n{proc.stderr[-2000:]}")
+            overrides = [f"run.output_root={out}", *[f"model.overrides.{k}={v}" for k, v in cfg.items()]]
+            train_one(f"mixtral, {label}", ARCHS["mixtral"], ROOT / recipe, steps, overrides, out / "mixtral.out.txt")
             final = out / "compare" / "mixtral" / "final"
             run = read_run(final)
             shares = expert_table(final / "train_log.md")
@@ -728,10 +724,9 @@ def bench_router(quick: bool, steps: int | None = None) -> dict:
     md += ["", f"Every expert in use without a worse loss (no collapsed layer, loss within +0.01): "
            f"**{best['setting'] if best else 'none of these settings'}**."]
     other = best or min(rows[1:], key=lambda r: (r["collapsed layers"], r["val_loss"]))
+    experts = " | ".join(f"e{e}" for e in range(len(base["shares"][0])))
     md += ["", f"Expert shares per layer (%), the document's setting beside {other['setting']}:", "",
-           "| layer | " + " | ".join(f"e{e}" for e in range(len(base["shares"][0]))) + " | flag || "
-           + " | ".join(f"e{e}" for e in range(len(base["shares"][0]))) + " | flag |",
-           "|---|" + "---|" * (2 * len(base["shares"][0]) + 3)]
+           f"| layer | {experts} | flag || {experts} | flag |", "|---|" + "---|" * (2 * len(base["shares"][0]) + 3)]
     for layer, (a, b) in enumerate(zip(base["shares"], other["shares"])):
         md.append(f"| {layer} | " + " | ".join(f"{x:.1f}" for x in a) + f" | {base['health'][layer]['flag'] or '–'} || "
                   + " | ".join(f"{x:.1f}" for x in b) + f" | {other['health'][layer]['flag'] or '–'} |")

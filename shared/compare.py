@@ -99,12 +99,12 @@ def matmul_parameters(config) -> dict:
     parameters one token's forward pass multiplies by (for an MoE: top-k of the experts)."""
     from transformers import AutoModelForCausalLM
 
-    from . import models  # noqa: F401  (registers our GPT and LSTM)
+    from .models import count_parameters  # (importing shared.models registers our GPT and LSTM)
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    total = sum(p.numel() for p in model.parameters())
-    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    counts = count_parameters(model)
+    total, embeddings = counts["total"], counts["embeddings"]
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is model.get_input_embeddings().weight
     active = total - embeddings + (head.weight.numel() if tied else 0)
