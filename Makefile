@@ -69,7 +69,7 @@ ESTIMATE_mixtral-8x7b := recipes/mixtral/finetune-8x7b-zero3.yaml recipes/mixtra
 
 # generation: make generate MODEL=phi3 [PROMPT="春天来了，"] [RUN=poetry] [ARGS="temperature=0.7"]
 MODEL       ?= phi3
-PORT        ?= 7860
+PORT        ?=
 MODEL_DIR_phi3    := train_phi3
 MODEL_DIR_mixtral := train_mixtral
 MODEL_DIR_phi2    := train_phi2
@@ -89,10 +89,10 @@ export SLM_RUN      = $(value RUN)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs chat \
-  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo rag rag-eval bench-tokenizer nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
+  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo phi2-rag-data phi2-rag-sft rag rag-eval bench-tokenizer nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
 
 help: ## list the targets
-	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PUBLISH):"
+	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PORT PUBLISH):"
 	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Set-up and tests
@@ -129,56 +129,71 @@ estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no downl
 	@test -n "$(or $(ESTIMATE_$(MODEL)),$(RECIPE))" || { echo "error: no estimate for MODEL=$(MODEL); pass RECIPE=<recipe.yaml>"; exit 2; }
 	$(PY) -m shared.estimate $(or $(RECIPE),$(ESTIMATE_$(MODEL)))
 
-##@ Phi-2 Chinese (train_phi2/)
+##@ Phi-2 Chinese (train_phi2/)   PHI2_SIZE=gpu: the GPU-sized chain (recipes/phi2-gpu/, runs/phi2-gpu/, *-gpu_log.md)
+
+P2      := $(if $(filter gpu,$(PHI2_SIZE)),phi2-gpu,phi2)
+P2LOG    = train_phi2/$(1)$(if $(filter gpu,$(PHI2_SIZE)),-gpu)_log.md
+P2RUN    = runs/$(P2)/$(1)/$(DONE)
 
 phi2-clean: $(STAMP) ## cleaning: full stops, repeated punctuation, width, whitespace, short/duplicate/near-duplicate records
-	$(PY) train_phi2/clean.py $(or $(RECIPE),recipes/phi2/clean.yaml) $(OVERRIDES) $(call publish,train_phi2/clean_log.md)
+	$(PY) train_phi2/clean.py $(or $(RECIPE),recipes/$(P2)/clean.yaml) $(OVERRIDES) $(call publish,$(call P2LOG,clean))
 
-phi2-tokenizer: $(STAMP) | runs/phi2/clean/$(DONE) ## byte-level BPE (or ARGS="stage.kind=char") on the cleaned text
-	$(PY) train_phi2/tokenizer.py $(or $(RECIPE),recipes/phi2/tokenizer.yaml) $(OVERRIDES) \
-	  $(call publish,train_phi2/tokenizer_log.md)
+phi2-tokenizer: $(STAMP) | $(call P2RUN,clean) ## byte-level BPE (or ARGS="stage.kind=char") on the cleaned text
+	$(PY) train_phi2/tokenizer.py $(or $(RECIPE),recipes/$(P2)/tokenizer.yaml) $(OVERRIDES) \
+	  $(call publish,$(call P2LOG,tokenizer))
 
-train-phi2: $(STAMP) | runs/phi2/clean/$(DONE) runs/phi2/tokenizer/$(DONE) ## pretrain PhiForCausalLM (CPU-sized; the 0.2B config in the recipe)
-	$(call stage,train_phi2/train.py,recipes/phi2/pretrain.yaml,train_phi2/train_log.md)
+train-phi2: $(STAMP) | $(call P2RUN,clean) $(call P2RUN,tokenizer) ## pretrain PhiForCausalLM (CPU-sized; the 0.2B config in the recipe)
+	$(call stage,train_phi2/train.py,recipes/$(P2)/pretrain.yaml,$(call P2LOG,train))
 
-phi2-sft: $(STAMP) | runs/phi2/pretrain/$(DONE) ## SFT, answer-only loss (##提问: / ##回答:), from the pretrained model
-	$(call stage,train_phi2/train.py,recipes/phi2/sft.yaml,train_phi2/sft_log.md)
+phi2-sft: $(STAMP) | $(call P2RUN,pretrain) ## SFT, answer-only loss (##提问: / ##回答:), from the pretrained model
+	$(call stage,train_phi2/train.py,recipes/$(P2)/sft.yaml,$(call P2LOG,sft))
 
-phi2-dpo-data: $(STAMP) | runs/phi2/sft/$(DONE) ## DPO pairs: rejected answers from an early SFT checkpoint, similarity filter
-	$(PY) train_phi2/dpo_data.py $(or $(RECIPE),recipes/phi2/dpo-data.yaml) $(OVERRIDES) \
-	  $(call publish,train_phi2/dpo-data_log.md)
+phi2-dpo-data: $(STAMP) | $(call P2RUN,sft) ## DPO pairs: rejected answers from an early SFT checkpoint, similarity filter
+	$(PY) train_phi2/dpo_data.py $(or $(RECIPE),recipes/$(P2)/dpo-data.yaml) $(OVERRIDES) \
+	  $(call publish,$(call P2LOG,dpo-data))
 
-phi2-dpo: $(STAMP) | runs/phi2/dpo-data/$(DONE) ## DPO (TRL) from the SFT model; rewards, margins, accuracies in the log
-	$(call stage,train_phi2/train.py,recipes/phi2/dpo.yaml,train_phi2/dpo_log.md)
+phi2-dpo: $(STAMP) | $(call P2RUN,dpo-data) ## DPO (TRL) from the SFT model; rewards, margins, accuracies in the log
+	$(call stage,train_phi2/train.py,recipes/$(P2)/dpo.yaml,$(call P2LOG,dpo))
 
-# the answering model: the newest of the DPO and SFT runs; on a fresh clone make builds a quick SFT model first
-RAG_MODEL = $(if $(wildcard runs/phi2/dpo/$(DONE)),runs/phi2/dpo,runs/phi2/sft)
-rag: $(STAMP) | $(RAG_MODEL)/$(DONE) ## RAG demo: FAISS + BM25 over the 苇川 encyclopedia/news, answered by Phi-2 [QUESTION=...] [DOCS=...]
-	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/phi2/rag.yaml) stage.model=$(RAG_MODEL) \
-	  $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES)
+phi2-rag-data: $(STAMP) | $(call P2RUN,sft) ## reading-comprehension data: the demo's prompts for qa.jsonl (train) + facts, quoted answers
+	$(PY) train_phi2/rag_data.py $(or $(RECIPE),recipes/$(P2)/rag-data.yaml) $(OVERRIDES) \
+	  $(call publish,$(call P2LOG,rag-data))
 
-rag-eval: $(STAMP) ## retrieval recall@1/3/5 (dense / BM25 / combined, per embedding model) -> train_phi2/rag_log.md
-	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/phi2/rag.yaml) $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES) \
-	  --eval $(call publish,train_phi2/rag_log.md)
+phi2-rag-sft: $(STAMP) | $(call P2RUN,rag-data) ## reading comprehension: SFT on the demo's own prompts, the RAG answerer
+	$(call stage,train_phi2/train.py,recipes/$(P2)/rag-sft.yaml,$(call P2LOG,rag-sft))
+
+rag: $(STAMP) | $(call P2RUN,rag-sft) ## RAG demo: FAISS + BM25 over the 苇川 encyclopedia/news, answered by Phi-2 [QUESTION=...] [DOCS=...]
+	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/$(P2)/rag.yaml) $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES)
+
+rag-eval: $(STAMP) | $(call P2RUN,sft) $(call P2RUN,rag-sft) ## retrieval recall@k + answers' key recall and Rouge-L, SFT vs RAG-SFT -> train_phi2/rag_log.md
+	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/$(P2)/rag.yaml) $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES) \
+	  --eval $(call publish,$(call P2LOG,rag))
 
 bench-tokenizer: $(STAMP) ## tokenizer training time + peak RSS, both kinds, on SIZE= generated Chinese characters (100M, 1B)
 	$(PY) -m shared.bench_tokenizer --chars $(or $(SIZE),100M) --publish train_phi2/tokenizer_bench.md $(ARGS)
 
-runs/phi2/clean/$(DONE): | $(STAMP)
-	$(call chain,runs/phi2/clean,train_phi2/clean.py,phi2-clean,recipes/phi2/clean.yaml)
+# A missing stage is built with its recipe's defaults; pretrain and SFT from the bundled data even when the Hub is
+# reachable (quick; `make train-phi2` / `make phi2-sft` for the full recipe).
+$(call P2RUN,clean): | $(STAMP)
+	$(call chain,runs/$(P2)/clean,train_phi2/clean.py,phi2-clean,recipes/$(P2)/clean.yaml)
 
-runs/phi2/tokenizer/$(DONE): | $(STAMP)
-	$(call chain,runs/phi2/tokenizer,train_phi2/tokenizer.py,phi2-tokenizer,recipes/phi2/tokenizer.yaml,runs/phi2/clean/$(DONE))
+$(call P2RUN,tokenizer): | $(STAMP)
+	$(call chain,runs/$(P2)/tokenizer,train_phi2/tokenizer.py,phi2-tokenizer,recipes/$(P2)/tokenizer.yaml,$(call P2RUN,clean))
 
-# built from the bundled data even when the Hub is reachable (quick); `make train-phi2` / `make phi2-sft` for the full recipe
-runs/phi2/pretrain/$(DONE): | $(STAMP)
-	$(call chain,runs/phi2/pretrain,train_phi2/train.py,train-phi2,recipes/phi2/pretrain.yaml data.dataset=null,runs/phi2/tokenizer/$(DONE))
+$(call P2RUN,pretrain): | $(STAMP)
+	$(call chain,runs/$(P2)/pretrain,train_phi2/train.py,train-phi2,recipes/$(P2)/pretrain.yaml data.dataset=null,$(call P2RUN,tokenizer))
 
-runs/phi2/sft/$(DONE): | $(STAMP)
-	$(call chain,runs/phi2/sft,train_phi2/train.py,phi2-sft,recipes/phi2/sft.yaml data.dataset=null,runs/phi2/pretrain/$(DONE))
+$(call P2RUN,sft): | $(STAMP)
+	$(call chain,runs/$(P2)/sft,train_phi2/train.py,phi2-sft,recipes/$(P2)/sft.yaml data.dataset=null,$(call P2RUN,pretrain))
 
-runs/phi2/dpo-data/$(DONE): | $(STAMP)
-	$(call chain,runs/phi2/dpo-data,train_phi2/dpo_data.py,phi2-dpo-data,recipes/phi2/dpo-data.yaml data.dataset=null,runs/phi2/sft/$(DONE))
+$(call P2RUN,rag-data): | $(STAMP)
+	$(call chain,runs/$(P2)/rag-data,train_phi2/rag_data.py,phi2-rag-data,recipes/$(P2)/rag-data.yaml,$(call P2RUN,sft))
+
+$(call P2RUN,rag-sft): | $(STAMP)
+	$(call chain,runs/$(P2)/rag-sft,train_phi2/train.py,phi2-rag-sft,recipes/$(P2)/rag-sft.yaml,$(call P2RUN,rag-data))
+
+$(call P2RUN,dpo-data): | $(STAMP)
+	$(call chain,runs/$(P2)/dpo-data,train_phi2/dpo_data.py,phi2-dpo-data,recipes/$(P2)/dpo-data.yaml data.dataset=null,$(call P2RUN,sft))
 
 ##@ nanoGPT (train_nanogpt/)
 
@@ -227,8 +242,8 @@ train-minigl-lstm: $(STAMP) | runs/minigl/data/$(DONE) ## the LSTM baseline: pre
 eval-minigl: $(STAMP) | runs/minigl/finetune/$(DONE) runs/minigl/lstm-finetune/$(DONE) ## transformer vs LSTM: perplexity, Rouge-L, key recall, plots -> minigl/train_log.md
 	$(PY) minigl/evaluations.py $(or $(RECIPE),recipes/minigl/eval.yaml) $(OVERRIDES) $(call publish,minigl/train_log.md)
 
-gradio-minigl: $(STAMP) ## web page for a trained MiniGLM run [RUN=finetune] [ARGS="--port 7861"]
-	$(PY) minigl/sample_gradio.py $(ARGS)
+gradio-minigl: $(STAMP) ## web page for a trained MiniGLM run [RUN=finetune] [PORT=7861]
+	$(PY) minigl/sample_gradio.py $(if $(PORT),--port $(PORT)) $(ARGS)
 
 runs/minigl/jynews/$(DONE): | $(STAMP)
 	$(call chain,runs/minigl/jynews,minigl/prepare_jynews.py,minigl-data,recipes/minigl/jynews.yaml)
@@ -261,9 +276,15 @@ chat: $(STAMP) ## chat with a chat model: MODEL=nanogpt|phi2|minigl [RUN=...] [P
 	@test -n "$(MODEL_DIR)" -a -f "$(MODEL_DIR)/chat.py" || { echo "error: MODEL=$(MODEL) has no chat (nanogpt, phi2, minigl)"; exit 2; }
 	$(PY) $(MODEL_DIR)/chat.py $(ARGS)
 
-.PHONY: bench-quick gpu-check compare
+serve: $(STAMP) ## OpenAI-compatible server (transformers serve) on 127.0.0.1:PORT: MODEL=phi2|nanogpt|minigl|phi3|mixtral [RUN=...] [PORT=8000]
+	$(PY) -m shared.serve $(MODEL) --port $(or $(PORT),8000) $(ARGS)
 
-bench: $(STAMP) ## the performance benchmarks (packing, engine overhead, shakespeare-char, generation, MoE + router, bins, throughput; ~45 min) -> bench/results.md
+export: $(STAMP) ## a folder that loads without slm (GPT -> GPT2LMHeadModel, LSTM + its code, LoRA merged): MODEL=... [RUN=...] [OUT=...]
+	$(PY) -m shared.export $(MODEL) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+.PHONY: bench-quick gpu-check compare serve export
+
+bench: $(STAMP) ## the performance benchmarks (packing, engine overhead, shakespeare-char, generation, MoE + router, bins, serving, throughput; ~45 min) -> bench/results.md
 	nice -n $(or $(NICE),10) $(PY) -m shared.bench $(RECIPE) $(ARGS)
 
 bench-quick: $(STAMP) ## every section of make bench at a smaller size (~12 min on 2 CPU cores) -> bench/results-quick.md

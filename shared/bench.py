@@ -1,5 +1,6 @@
 """Benchmarks (the performance issue): packing vs padding, engine overhead, nanoGPT's shakespeare-char CPU workload,
-generation speed, MoE expert implementations, and each recipe's training throughput + peak memory.
+generation speed, MoE expert implementations, serving (make serve: requests/s, time to first token), and each
+recipe's training throughput + peak memory.
 
     make bench          # = python -m shared.bench            every section, full size  -> bench/results.md + .json
     make bench-quick    # = python -m shared.bench --quick    a few minutes on a CPU
@@ -32,7 +33,7 @@ import torch
 from .errors import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "router", "bins", "throughput")
+SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "router", "bins", "serving", "throughput")
 
 
 def load_avg() -> list[float]:
@@ -789,7 +790,143 @@ def bench_bins(quick: bool, chars: int | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 7. each recipe's training throughput + peak memory (synthetic tokens)
+# 7. serving (make serve): requests/s and time to first token, 1 and 8 concurrent clients
+
+
+def serving_runs(root: Path, new: int) -> dict[str, Path]:
+    """MiniGLM's CPU-sized GPT (minigl/gpt_tiny.json, random weights, the bench's BPE) saved as a run, with a greedy
+    preset of exactly `new` tokens per answer, and the same run exported to GPT2LMHeadModel (shared/export.py)."""
+    import yaml
+
+    from .export import export
+    from .generate import generation_config
+
+    tok = poem_tokenizer()
+    model = model_from("minigl/gpt_tiny.json", len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                       bos_token_id=tok.eos_token_id)
+    preset = {"do_sample": False, "max_new_tokens": new, "min_new_tokens": new,
+              "chat_format": {"user": "Question: {text}\nAnswer:\n", "end": "<|endoftext|>"}}
+    final = root / "minigl" / "bench" / "final"
+    model.generation_config = generation_config(preset, tok)
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    (final / "recipe.yaml").write_text(yaml.safe_dump({"generation": preset}, allow_unicode=True), encoding="utf-8")
+    export(final, root / "minigl" / "bench-gpt2" / "final")
+    return {"ours": final, "gpt2": root / "minigl" / "bench-gpt2" / "final"}
+
+
+def serve_process(root: Path, run: str, port: int, continuous_batching: bool) -> subprocess.Popen:
+    """`python -m shared.serve` (what make serve runs) in its own process; returns once /v1/models answers."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "shared.serve", "minigl", "--root", str(root), "--run", run, "--port", str(port)]
+    proc = subprocess.Popen(cmd + (["--continuous-batching"] if continuous_batching else []), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    deadline = time.time() + 180
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the server did not start: {' '.join(cmd)}")
+        time.sleep(0.5)
+
+
+def client_load(url: str, model: str, questions: list[str], clients: int, per_client: int) -> dict:
+    """`clients` threads, each sending `per_client` streamed chat requests one after another (the openai client):
+    requests/s over the wall time, time to the first content chunk per request, completion tokens/s."""
+    import threading
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
+    ttft, tokens, errors = [], [], []
+
+    def one(question: str):
+        t = time.perf_counter()
+        first, n = None, 0
+        stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                stream=True)
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - t
+            if chunk.usage:
+                n = chunk.usage.completion_tokens
+        ttft.append(first if first is not None else time.perf_counter() - t)
+        tokens.append(n)
+
+    def worker(c: int):
+        try:
+            for i in range(per_client):
+                one(questions[(c * per_client + i) % len(questions)])
+        except Exception as e:  # noqa: BLE001  (counted and reported)
+            errors.append(repr(e))
+
+    la = load_avg()
+    t = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t
+    ttft.sort()
+    return {"clients": clients, "requests": len(ttft), "errors": len(errors), "seconds": round(wall, 2),
+            "requests/s": round(len(ttft) / wall, 2), "ttft median ms": round(1000 * statistics.median(ttft)),
+            "ttft p90 ms": round(1000 * ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))]),
+            "tokens/request": round(statistics.mean(tokens), 1), "tokens/s": round(sum(tokens) / wall, 1),
+            "load": la}
+
+
+def bench_serving(quick: bool) -> dict:
+    import socket
+
+    from .data import read_jsonl
+
+    new, per_client = (16, 2) if quick else (32, 4)
+    questions = [r["Question"] for r in read_jsonl(ROOT / "data/qa/qa.jsonl")]
+    servers = [("our GPT (slm_gpt), sequential generate()", "ours", False),
+               ("exported GPT2LMHeadModel, sequential generate()", "gpt2", False),
+               ("exported GPT2LMHeadModel, continuous batching", "gpt2", True)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="slm-serve-") as d:
+        root = Path(d) / "runs"
+        runs = serving_runs(root, new)
+        for label, which, cb in servers:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            proc = serve_process(root, runs[which].parent.name, port, cb)
+            try:
+                url, model = f"http://127.0.0.1:{port}/v1", f"minigl/{runs[which].parent.name}"
+                client_load(url, model, questions, 1, 2)  # warm-up (and, under continuous batching, its start)
+                for clients in (1, 8):
+                    r = client_load(url, model, questions, clients, per_client * (2 if clients == 1 else 1))
+                    rows.append({"server": label, **r})
+                    print(rows[-1], flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    md = [f"`make serve` (transformers' OpenAI server through shared/serve.py, its own process) serving MiniGLM's "
+          f"CPU-sized GPT (minigl/gpt_tiny.json: 4 layers, 128 wide, random weights, the bench's {len(poem_tokenizer())}"
+          f"-token BPE), greedy, {new} new tokens per answer; clients are threads of the bench process using the "
+          f"`openai` client, each sending streamed chat requests (MiniGLM's QA questions) one after another. "
+          f"Time to first token (TTFT) is the time to the first content chunk, queueing included. Continuous "
+          f"batching needs transformers' attention interface: our GPT can't use it, its GPT-2 export can. "
+          f"{os.cpu_count()} CPU cores shared by the server and the clients.", "",
+          "| server | clients | requests | requests/s | TTFT median | TTFT p90 | tokens/s | errors | load |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['server']} | {r['clients']} | {r['requests']} | {r['requests/s']:.2f} | {r['ttft median ms']} ms | "
+           f"{r['ttft p90 ms']} ms | {r['tokens/s']:,.0f} | {r['errors']} | {r['load'][0]} |" for r in rows]
+    return {"rows": rows, "markdown": "\n".join(md)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8. each recipe's training throughput + peak memory (synthetic tokens)
 
 
 def bench_throughput(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
@@ -872,6 +1009,7 @@ TITLES = {"packing": "1. Packing vs padding (useful tokens/s; goal: packing >= 3
           "moe": "5. MoE expert implementations and the router-health flag",
           "router": "5b. Router health: load-balancing settings (the same Mixtral, data and budget)",
           "bins": "6. Token bins with parallel workers; tokenizer training at scale",
+          "serving": "7. Serving (make serve): requests/s and time to first token, 1 and 8 clients",
           "throughput": "Training throughput and peak memory per recipe"}
 
 

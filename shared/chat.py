@@ -23,6 +23,9 @@ user's next message has finished its answer. A marker that is one token of the t
 tokenizer passed to `generate`), and the streamed text is held back while it could still be the start of a marker,
 so no half marker ever reaches the screen.
 
+Every chat run also saves the format as its tokenizer's chat template (`ChatFormat.template()`, in final/), so
+`tokenizer.apply_chat_template` and any server built on it (`make serve`) write what this REPL writes.
+
 The conversation is kept, so the model sees earlier turns. The model's context is finite: the prompt gets the
 context minus the room for the answer (`max_new_tokens`, at most half the context), and when it would not fit the
 oldest turns are dropped, whole, until it does. Decoding (temperature, top_k, top_p...) is the recipe's preset,
@@ -37,6 +40,7 @@ Reads stdin line by line, so a pipe can drive it: `printf 'Hello\\nHow are you?\
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -48,7 +52,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import UserError, run_main
-from .generate import generation_config, open_run, preset_overrides, run_parser
+from .generate import answer_processors, generation_config, open_run, preset_overrides, run_parser
 from .models import context_length
 from .recipe import _suggest
 
@@ -104,6 +108,47 @@ class ChatFormat:
         """Where an answer is over: the end marker, and the opening of a user turn when it has visible text."""
         opening = self.user.split("{text}")[0]
         return [self.end] + ([opening] if opening.strip() and opening != self.end else [])
+
+    def template(self) -> str:
+        """The format as a Jinja chat template (a tokenizer's `chat_template`): `apply_chat_template(messages,
+        add_generation_prompt=True)` writes exactly `render(history, question)`, and a conversation that ends with
+        an answer writes what training saw (no separator after the last answer). System messages are left out:
+        these models were trained without one; any other role is an error."""
+        before, after = self.user.split("{text}")
+        q = lambda text: json.dumps(text, ensure_ascii=False)  # a Jinja string literal (Jinja reads the escapes)
+        return ("{{- " + q(self.system) + " -}}"
+                "{%- for m in messages -%}"
+                "{%- if m['role'] == 'user' -%}{{- " + q(before) + " + m['content'] + " + q(after) + " -}}"
+                "{%- elif m['role'] == 'assistant' -%}{{- " + q(self.assistant) + " + m['content'] + " + q(self.end)
+                + " -}}{%- if not loop.last -%}{{- " + q(self.separator) + " -}}{%- endif -%}"
+                "{%- elif m['role'] != 'system' -%}{{- raise_exception('unknown role ' + m['role'] + ': this "
+                "model knows user and assistant turns') -}}"
+                "{%- endif -%}{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{- " + q(self.assistant) + " -}}{%- endif -%}")
+
+
+def chat_template(preset: dict, where: str = "generation") -> str | None:
+    """The preset's chat_format as a chat template, or None for a model that is not a chat model."""
+    return ChatFormat.from_preset(preset, where).template() if preset.get("chat_format") is not None else None
+
+
+def with_template(tokenizer, preset: dict, where: str = "generation"):
+    """The tokenizer, with its recipe's chat template when it has none (a run saved before runs carried one)."""
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = chat_template(preset, where)
+    return tokenizer
+
+
+def split_stops(tokenizer, stops: list[str]) -> tuple[list[int], list[str]]:
+    """(token ids, strings): a marker that is one token stops by its id, a longer one by a stop string."""
+    ids, strings = [], []
+    for marker in (s for s in stops if s):
+        encoded = tokenizer.encode(marker, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.append(encoded[0])
+        else:
+            strings.append(marker)
+    return ids, strings
 
 
 def fit_history(fmt: ChatFormat, history: list[tuple[str, str]], question: str, count, budget: int
@@ -165,13 +210,7 @@ def stream(model, tokenizer, prompt: str, preset: dict, stops: list[str] = ()) -
     """Yield the growing continuation of `prompt` (decoded, special tokens skipped), cut at the first stop marker."""
     stops = [s for s in stops if s]
     config = streaming_config(preset, tokenizer)
-    stop_ids, stop_strings = [], []
-    for marker in stops:  # one token: stop on its id; longer: a stop string
-        ids = tokenizer.encode(marker, add_special_tokens=False)
-        if len(ids) == 1:
-            stop_ids.append(ids[0])
-        else:
-            stop_strings.append(marker)
+    stop_ids, stop_strings = split_stops(tokenizer, stops)
     eos = config.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     config.eos_token_id = list(dict.fromkeys(eos + stop_ids)) or None
@@ -195,7 +234,8 @@ def stream(model, tokenizer, prompt: str, preset: dict, stops: list[str] = ()) -
         try:
             with torch.no_grad():
                 model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer,
-                               tokenizer=tokenizer, stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]))
+                               tokenizer=tokenizer, stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]),
+                               **answer_processors(preset))
         except BaseException as e:  # handed to the reading thread, which re-raises it
             failure.append(e)
             streamer.end()

@@ -166,7 +166,9 @@ def render(ds: Dataset, spec: DataArgs, templates: dict[str, str], source: str =
         n = len(batch[ds.column_names[0]])
         out: dict[str, list[str]] = {column: [] for column in templates}
         for i in range(n):
-            values = {name: "" if batch[col][i] is None else str(batch[col][i]).strip() for name, col in mapping.items()}
+            values = {name: "" if batch[col][i] is None else str(batch[col][i]) for name, col in mapping.items()}
+            if spec.strip:
+                values = {name: value.strip() for name, value in values.items()}
             for column, template in templates.items():
                 out[column].append(one(column, template, values))
         return out

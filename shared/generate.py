@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, TextStreamer
+from transformers.generation.logits_process import LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
 from . import REPO_ROOT
 from .errors import UserError
@@ -25,15 +26,17 @@ from .recipe import PRESET_ONLY, check_generation_keys, parse_override, resolve_
 
 
 def find_run(model: str, run: str | None = None, root: str | Path = "runs") -> Path:
-    """runs/<model>/<run>/final, or the newest final model of that model when `run` is None."""
+    """runs/<model>/<run>/final (final/merged for a LoRA run), or the newest final model of that model when `run`
+    is None."""
     base = resolve_path(root) / model
     if run:
         path = Path(run) if Path(run).is_absolute() else base / run
-        for candidate in (path / "final", path):
+        for candidate in (path / "final", path / "final" / "merged", path):  # merged: a LoRA run's full model
             if (candidate / "config.json").is_file():
                 return candidate
         raise UserError(f"run not found: {path} has no final model (train it first: make train-{model})")
-    finals = sorted(base.glob("*/final/config.json"), key=lambda p: p.stat().st_mtime)
+    finals = sorted([*base.glob("*/final/config.json"), *base.glob("*/final/merged/config.json")],
+                    key=lambda p: p.stat().st_mtime)
     if not finals:
         raise UserError(f"no trained {model} model under {base.relative_to(REPO_ROOT) if base.is_relative_to(REPO_ROOT) else base}; "
                         f"train one first: make train-{model}")
@@ -83,6 +86,27 @@ def load(path: Path):
     return model.to(device).eval(), tok, recipe
 
 
+def prompt_budget(config, max_new_tokens: int | None) -> int | None:
+    """Tokens a prompt may take so that `max_new_tokens` still fit the model's context (None: no limit known)."""
+    limit = context_length(config)
+    return limit - (max_new_tokens or 0) if limit else None
+
+
+def load_tokenizer_and_budget(path: Path, max_new_tokens: int | None):
+    """(tokenizer, prompt budget) of a saved model, without loading its weights."""
+    from transformers import AutoConfig
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path))
+    except Exception as e:
+        problem = damaged_file(path)
+        if problem is None:
+            raise
+        raise UserError(f"{problem}: rerun the stage that wrote it") from e
+    return tok, prompt_budget(config, max_new_tokens)
+
+
 def generation_config(preset: dict, tokenizer, where: str = "generation preset") -> GenerationConfig:
     """The preset (prompts aside) as a GenerationConfig with the tokenizer's special ids; bad values: one line."""
     check_generation_keys(preset, where)
@@ -97,6 +121,120 @@ def generation_config(preset: dict, tokenizer, where: str = "generation preset")
     except (ValueError, TypeError) as e:
         raise UserError(f"{where}: {' '.join(str(e).split())}") from None
     return config
+
+
+class NoRepeatInAnswer(LogitsProcessor):
+    """transformers' no_repeat_ngram_size applied to the generated tokens only. Its own processor also counts the
+    prompt's n-grams, so a model asked to quote its background is forbidden to; this one stops runaway repetition
+    ("1000000...", a clause over and over) in the answer and nothing else. Make one per generate() call: the
+    length it first sees is the prompt's."""
+
+    def __init__(self, n: int):
+        self.inner, self.start = NoRepeatNGramLogitsProcessor(n), None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        return self.inner(input_ids[:, self.start:], scores)
+
+
+def token_bytes(tokenizer) -> list[bytes]:
+    """The bytes each token id stands for (b"" for special tokens): byte-level BPE vocabularies spell bytes with
+    GPT-2's printable table; any other token is its decoded text."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    table = {c: b for b, c in bytes_to_unicode().items()}
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if i in special or piece is None:
+            out.append(b"")
+        elif all(ch in table for ch in piece):
+            out.append(bytes(table[ch] for ch in piece))
+        else:
+            out.append(tokenizer.decode([i]).encode("utf-8"))
+    return out
+
+
+def whole_characters(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+CLAUSE_ENDS = tuple(c.encode() for c in "，。；：！？、\n")
+
+
+class QuoteFromSources(LogitsProcessor):
+    """Extractive decoding: the answer can only be one contiguous span of one of the `sources` (the retrieved chunks),
+    ending where a clause of its source ends, then a full stop and EOS; or the `refusal` sentence ("not in the background"). The model still chooses where the
+    quote starts, which occurrence it follows and when it stops; it can't write what its sources don't say, nor
+    loop. The refusal is taken when the model gives its first token at least `refusal_threshold` of its probability
+    (SQuAD 2.0's no-answer rule): a doubtful model otherwise falls back on the one answer that is always right in
+    form. Make one per generate() call: the length it first sees is the prompt's."""
+
+    def __init__(self, tokenizer, sources: list[str], refusal: str = "", refusal_threshold: float = 0.5,
+                 table: list[bytes] | None = None):
+        self.table = table or token_bytes(tokenizer)
+        self.first: dict[int, list[int]] = {}
+        for i, piece in enumerate(self.table):
+            if piece:
+                self.first.setdefault(piece[0], []).append(i)
+        self.sources = [s.encode("utf-8") for s in sources if s]
+        self.refusal, self.threshold = refusal.encode("utf-8"), refusal_threshold
+        self.stops = [i for i, piece in enumerate(self.table) if piece == "。".encode()]
+        self.eos, self.start = tokenizer.eos_token_id, None
+
+    def ends_a_clause(self, said: bytes) -> bool:
+        """A quote may stop where its source's clause ends (as the training answers do), not mid-clause."""
+        for src in self.sources:
+            at = src.find(said)
+            while at != -1:
+                rest = src[at + len(said):]
+                if not rest or rest.startswith(CLAUSE_ENDS):
+                    return True
+                at = src.find(said, at + 1)
+        return said.endswith(CLAUSE_ENDS)
+
+    def allowed(self, said: bytes, sources: list[bytes]) -> list[int]:
+        following = set()
+        for src in sources:
+            at = src.find(said)
+            while at != -1 and at + len(said) < len(src):
+                following.add(src[at + len(said)])
+                at = src.find(said, at + 1)
+        if not said:  # a quote starts at a character, not inside one (UTF-8 continuation bytes are 0x80-0xBF)
+            following = {b for b in following if not 0x80 <= b < 0xC0}
+        return [t for b in following for t in self.first.get(b, ()) if any(said + self.table[t] in src for src in sources)]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        mask = torch.full_like(scores, float("-inf"))
+        for row, ids in enumerate(input_ids[:, self.start:].tolist()):
+            said = b"".join(self.table[i] for i in ids)
+            quote = self.allowed(said, self.sources)
+            refuse = self.allowed(said, [self.refusal]) if self.refusal else []
+            if not said and refuse and quote:  # the first token: refuse only when the model is sure enough
+                p = torch.softmax(scores[row].float(), -1)
+                refusing = set(refuse) - set(quote)
+                if float(p[list(refusing)].sum()) < self.threshold:
+                    refuse = []
+            allowed = quote + refuse
+            if said and whole_characters(said) and self.ends_a_clause(said):  # never inside a character
+                allowed.append(self.eos)
+                if not said.endswith("。".encode()):
+                    allowed.extend(self.stops)
+            mask[row, allowed or [self.eos]] = 0
+        return scores + mask
+
+
+def answer_processors(preset: dict) -> dict:
+    """generate() keyword arguments for the preset's own keys (fresh objects: call once per generation)."""
+    n = preset.get("answer_no_repeat_ngram_size")
+    return {"logits_processor": LogitsProcessorList([NoRepeatInAnswer(int(n))])} if n else {}
 
 
 def generate(model, tokenizer, prompt: str, preset: dict, stream: bool = False) -> str:
@@ -122,7 +260,8 @@ def generate(model, tokenizer, prompt: str, preset: dict, stream: bool = False) 
         print(prompt, end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer,
+                             **answer_processors(preset))
     text = prompt + tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     if stream and streamer is None:
         print(text, flush=True)

@@ -14,6 +14,7 @@ A recipe has these sections (all optional except `model`):
                 then validated against TrainingArguments, trl.SFTConfig or trl.DPOConfig
 
 A key written twice in one mapping is an error naming both lines (YAML would silently keep the last one).
+`extends: <recipe.yaml>` at the top makes a variant: that recipe's sections, with this file's keys laid over them.
 Overrides are `key=value` strings: `training.num_train_epochs=1`, or just `num_train_epochs=1` when the key name
 is unique across sections. Values are parsed as YAML (`1`, `1e-4`, `true`, `[a, b]`, `null`). Unknown or mistyped
 keys and wrong types are errors that name the file, the line and the key.
@@ -83,6 +84,8 @@ class DataArgs:
     validation_fraction: float = 0.1
     block_size: int = 256  # tokens per training sequence
     add_bos: bool = False  # start every document with the tokenizer's BOS (every document always ends with EOS)
+    strip: bool = True  # strip spaces and line breaks around each field's value (false: byte for byte, e.g. the
+    #                     prompts an earlier stage wrote, whose answer marker ends in a line break)
     max_samples: int | None = None  # cap on records, for quick runs
     max_chars: int = 200_000  # a record longer than this is an error (catches a whole file on one line)
     eval_subset: int | None = 256  # evaluations during training use this many validation samples (seeded);
@@ -100,7 +103,9 @@ class RunArgs:
 SECTION_TYPES = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataArgs, "run": RunArgs}
 FREE_SECTIONS = ("training", "generation", "stage")  # checked against TrainingArguments/SFTConfig/DPOConfig,
 #                                                      GenerationConfig, and the stage script's own dataclass
-PRESET_ONLY = ("prompts", "chat_format")  # generation keys that are ours, not GenerationConfig fields
+# generation keys that are ours, not GenerationConfig fields; answer_no_repeat_ngram_size: no n-gram of the generated
+# tokens twice (GenerationConfig's no_repeat_ngram_size also bans the prompt's n-grams, so nothing can be quoted)
+PRESET_ONLY = ("prompts", "chat_format", "answer_no_repeat_ngram_size")
 ALL_SECTIONS = ("trainer",) + tuple(SECTION_TYPES) + FREE_SECTIONS
 CHOICES = {
     ("tokenizer", "fallback"): ("bpe", "none"),
@@ -121,11 +126,10 @@ class Recipe:
     generation: dict
     stage: Any = None  # an instance of the stage script's dataclass (a plain dict when no class was given)
     trainer: str = "lm"
-    lines: dict = field(default_factory=dict, repr=False)  # "section.key" -> line number in the YAML
+    lines: dict = field(default_factory=dict, repr=False)  # "section.key" -> "file:line" it was written at
 
     def where(self, key: str) -> str:
-        line = self.lines.get(key)
-        return f"{self.source}:{line}" if line else self.source
+        return self.lines.get(key) or self.source
 
     @property
     def run_dir(self) -> Path:
@@ -328,6 +332,28 @@ def _read_yaml(path: Path, shown: str) -> tuple[dict, dict]:
     return raw, (_line_map(node, shown) if node is not None else {})
 
 
+def _read_recipe(path: Path, seen: tuple = (), via: str | None = None) -> tuple[dict, dict]:
+    """(sections, "section.key" -> "file:line"); `extends: <recipe>` at the top reads that recipe first and lays
+    this file's keys over it, key by key within each section (a variant names only what it changes)."""
+    shown = _display(path)
+    if not path.is_file():
+        raise UserError(f"{via}: extends {shown}: recipe not found" if via else f"recipe not found: {shown}")
+    raw, numbers = _read_yaml(path, shown)
+    lines = {key: f"{shown}:{n}" for key, n in numbers.items()}
+    if "extends" not in raw:
+        return raw, lines
+    base, here = raw.pop("extends"), lines.pop("extends")
+    if not isinstance(base, str):
+        raise UserError(f"{here}: extends must name one recipe file, got {base!r}")
+    if resolve_path(base).resolve() in (*seen, path.resolve()):
+        raise UserError(f"{here}: extends {base}, which extends this file again (a circle)")
+    merged, merged_lines = _read_recipe(resolve_path(base), (*seen, path.resolve()), here)
+    for section, body in raw.items():
+        both = isinstance(body, dict) and isinstance(merged.get(section), dict)
+        merged[section] = {**merged[section], **body} if both else body
+    return merged, {**merged_lines, **lines}
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: type | None = None) -> Recipe:
     """Read a recipe YAML, apply `key=value` overrides, check every key and type; raise UserError otherwise.
 
@@ -335,12 +361,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: typ
     """
     path = Path(path)
     shown = _display(path)
-    if not path.is_file():
-        raise UserError(f"recipe not found: {shown}")
-    raw, lines = _read_yaml(path, shown)
+    raw, lines = _read_recipe(path)
 
     def where(key: str) -> str:
-        return f"{shown}:{lines[key]}" if key in lines else shown
+        return lines.get(key, shown)
 
     overrides = [parse_override(o) + (o,) for o in overrides or []]
     kind = next((v for k, v, _ in reversed(overrides) if k == "trainer"), raw.get("trainer", "lm"))
@@ -463,7 +487,8 @@ def check_values(recipe: Recipe) -> None:
         for key, ok, rule in (("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                               ("top_k", lambda v: v >= 0, ">= 0"), ("num_beams", lambda v: v >= 1, ">= 1"),
                               ("repetition_penalty", lambda v: v > 0, "> 0"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
-                              ("max_length", lambda v: v >= 1, ">= 1")):
+                              ("max_length", lambda v: v >= 1, ">= 1"),
+                              ("answer_no_repeat_ngram_size", lambda v: v >= 0 and v == int(v), "an integer >= 0")):
             if key in g and not (isinstance(g[key], (int, float)) and not isinstance(g[key], bool) and ok(g[key])):
                 raise bad(f"generation.{key}", f"must be a number {rule}, got {g[key]!r}")
         try:

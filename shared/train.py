@@ -17,7 +17,9 @@ a trainer subclass, extra log lines).
 Run layout:  runs/<model.name>/<run.name>/checkpoint-N/   resumable Trainer checkpoints (marked complete)
                                           final/           model.safetensors + config + generation_config (the
                                                            recipe's preset) + tokenizer + recipe.yaml + train_log.md
-                                                           + loss.png + stage.json (AutoModelForCausalLM-loadable)
+                                                           + loss.png + stage.json (AutoModelForCausalLM-loadable);
+                                                           a chat model's tokenizer carries its chat template
+                                          final/merged/    a LoRA run: the adapters merged into a full model
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Train
 from transformers.trainer_utils import IntervalStrategy
 
 from . import bins, cli, models
+from .chat import chat_template
 from .checkpoints import CompleteMarker, find_resume
 from .data import Provenance, load_source, pack, render, split_train_eval
 from .errors import UserError
@@ -359,6 +362,24 @@ def train_summary(trainer: Trainer, model: PreTrainedModel, runlog: RunLog) -> d
             "peak_memory_of": (runlog.peak_memory or {}).get("of"), "hardware": runlog.facts.get("hardware")}
 
 
+def is_lora(model) -> bool:
+    return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
+
+
+def save_merged(model, tokenizer, final: Path, deepspeed: bool = False) -> None:
+    """A LoRA run's final/ holds its adapters; final/merged/ the full model with them merged in (peft's
+    merge_and_unload on a copy), which loads, generates and serves like any other run's final/."""
+    if deepspeed:  # ZeRO shards the weights this process holds: a copy of them would be a copy of shards
+        print(f"LoRA under DeepSpeed: {final.name}/ keeps the adapters only; merge them with peft "
+              f"(AutoPeftModelForCausalLM.from_pretrained(final).merge_and_unload()) to get a full model", flush=True)
+        return
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.generation_config = model.generation_config
+    merged.save_pretrained(str(final / "merged"))
+    tokenizer.save_pretrained(str(final / "merged"))
+    shutil.copy2(final / "recipe.yaml", final / "merged" / "recipe.yaml")
+
+
 def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | None = None, title: str = "") -> Path:
     """Write final/ (model, generation preset, tokenizer, recipe, log, stage.json) under a temporary name and swap it
     in, so a crash never leaves a half-written final model, or one without its log."""
@@ -375,8 +396,13 @@ def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | Non
         limit = models.context_length(model.config)
         if limit:
             tokenizer.model_max_length = limit  # the real context, not transformers' 1e30 "unknown"
+        template = chat_template(recipe.generation, recipe.where("generation.chat_format"))
+        if template:  # a chat model: `apply_chat_template` (and every server) writes the turns it was trained on
+            tokenizer.chat_template = template  # (none in the recipe: the tokenizer's own, e.g. its SFT model's)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        if is_lora(model):
+            save_merged(model, tokenizer, tmp, deepspeed=trainer.is_deepspeed_enabled)
         if runlog is not None:
             runlog.write(tmp)
             (tmp / "log_history.json").write_text(json.dumps(runlog.log_history, indent=0), encoding="utf-8")

@@ -57,3 +57,70 @@ def minigl_runs(tmp_path_factory) -> Path:
     run(["minigl/prepare.py", f"run.output_root={root}",
          f"stage.include=[{root}/minigl/jynews, {root}/minigl/zhihu]"])
     return root
+
+
+def small_kb(folder: Path, doc_ids: set[str]) -> Path:
+    """A knowledge base from the bundled 苇川 documents with these ids: a folder with two .jsonl files, as DOCS=
+    would name it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("encyclopedia.jsonl", "news.jsonl"):
+        lines = [line for line in (REPO / "data/world" / name).read_text(encoding="utf-8").splitlines()
+                 if json.loads(line)["id"] in doc_ids]
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def tiny_model(folder: Path, texts: list[str], positions: int = 512, seed: int = 0) -> Path:
+    """A 2-layer random GPT-2 (seeded) with a byte-level BPE trained on `texts`, saved like a run's final/."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from shared.tokenizer import train_bpe
+
+    tok = train_bpe(iter([texts]), vocab_size=600, min_frequency=1, folder=folder / "tok")
+    config = GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(str(folder / "model"))
+    tok.save_pretrained(str(folder / "model"))
+    return folder / "model"
+
+
+def sft_first_batch(recipe) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of each row of the first training batch TRL's SFTTrainer builds for an sft recipe, padding
+    removed: what the loss really sees."""
+    from shared import models, train
+
+    data = train.load_data(recipe)
+    model = models.build_model(recipe, models.model_config(recipe), data.tokenizer)
+    trainer = train.trainer_class("sft")(model=model, args=train.training_arguments(recipe), train_dataset=data.train,
+                                         processing_class=data.tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    return [(ids[mask.bool()].tolist(), labels[mask.bool()].tolist())
+            for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"])]
+
+
+def split_at_loss(tokenizer, ids: list[int], labels: list[int]) -> tuple[str, str]:
+    """(the text that carries no loss, the text that does), after checking the mask is one unbroken answer at the
+    end that includes the final EOS: nothing before the first scored token is scored, everything after it is."""
+    first = next(i for i, label in enumerate(labels) if label != -100)
+    assert all(label == -100 for label in labels[:first])
+    assert all(label != -100 for label in labels[first:])  # the whole answer carries loss ...
+    assert ids[-1] == tokenizer.eos_token_id and labels[-1] == tokenizer.eos_token_id  # ... and so does EOS
+    return tokenizer.decode(ids[:first]), tokenizer.decode(ids[first:], skip_special_tokens=True)
+
+
+class FakeTrainer:
+    """What shared.train.save_final asks of a Trainer (one process, no DeepSpeed), around a model built in a test."""
+
+    def __init__(self, model):
+        from types import SimpleNamespace
+
+        self.model, self.is_deepspeed_enabled = model, False
+        self.accelerator = SimpleNamespace(wait_for_everyone=lambda: None, unwrap_model=lambda m: m)
+
+    def is_world_process_zero(self):
+        return True
+
+    def save_model(self, folder):
+        self.model.save_pretrained(folder)

@@ -154,6 +154,16 @@ def test_both_models_train_and_evaluate_end_to_end(data, tmp_path):
     run(["minigl/lstm_model.py", "recipes/minigl/lstm-finetune.yaml", *ft, f"model.init_from={data}/minigl/lstm"])
     losses = [e["loss"] for e in log_history(data / "minigl" / "pretrain") if "loss" in e]
     assert losses[-1] < losses[0] - 0.3, losses
+    from transformers import AutoTokenizer
+
+    from shared.export import export
+
+    for name in ("finetune", "lstm-finetune"):  # both QA finetunes carry the chat template of their format
+        tok = AutoTokenizer.from_pretrained(data / "minigl" / name / "final")
+        assert tok.apply_chat_template([{"role": "user", "content": "问？"}], add_generation_prompt=True,
+                                       tokenize=False) == "Question: 问？\nAnswer:\n"
+    assert "GPT2LMHeadModel" in export(data / "minigl" / "finetune" / "final", tmp_path / "gpt2")  # logits checked
+    assert "trust_remote_code" in export(data / "minigl" / "lstm-finetune" / "final", tmp_path / "lstm")
     log = (data / "minigl" / "lstm" / "final" / "train_log.md").read_text(encoding="utf-8")
     assert "MiniGLM LSTM" in log and "random windows of 32 + 1" in log
     m = data / "minigl"

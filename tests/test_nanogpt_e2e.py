@@ -54,6 +54,13 @@ def test_finetune_starts_from_the_pretrained_weights(runs):
     import shared.models  # noqa: F401  (registers slm_gpt)
 
     assert AutoConfig.from_pretrained(runs / "nanogpt" / "finetune" / "final").dropout == 0.1
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(runs / "nanogpt" / "finetune" / "final")  # saved with the chat template
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "How are you?"}]
+    assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == \
+        "<user>Hi<end>\n<assistant>Hello!<end>\n<user>How are you?<end>\n<assistant>"
 
 
 def test_reload_and_generate_with_and_without_the_cache(runs):

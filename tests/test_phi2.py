@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO, log_history, run
+from conftest import REPO, log_history, run, sft_first_batch, split_at_loss
 from datasets import Dataset
 
 from shared.data import pack
@@ -64,7 +64,7 @@ def test_pretraining_lowers_the_loss_and_the_model_reloads_and_generates(chain):
 
 @pytest.mark.slow
 def test_sft_loss_covers_the_answer_and_eos_only(chain, tmp_path):
-    from shared import models, train
+    from shared import train
     from shared.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes/phi2/sft.yaml", [
@@ -72,20 +72,11 @@ def test_sft_loss_covers_the_answer_and_eos_only(chain, tmp_path):
         "data.dataset=null", "data.max_samples=16", "training.max_steps=1", "training.eval_strategy=no",
         "training.save_strategy=no"])
     data = train.load_data(recipe)
-    model = models.build_model(recipe, models.model_config(recipe), data.tokenizer)
-    tok = data.tokenizer
-    trainer = train.trainer_class("sft")(model=model, args=train.training_arguments(recipe), train_dataset=data.train,
-                                         processing_class=tok)
-    batch = next(iter(trainer.get_train_dataloader()))
-    rows = {r["prompt"] + r["completion"]: r for r in data.train}
-    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
-        ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
-        first = next(i for i, label in enumerate(labels) if label != -100)
-        prompt, answer = tok.decode(ids[:first]), tok.decode(ids[first:], skip_special_tokens=True)
+    completions = {r["completion"] for r in data.train}
+    for ids, labels in sft_first_batch(recipe):
+        prompt, answer = split_at_loss(data.tokenizer, ids, labels)
         assert prompt.endswith("##回答:\n") and prompt.startswith("##提问:")  # everything up to the marker: no loss
-        assert all(label != -100 for label in labels[first:])  # the whole answer carries loss ...
-        assert ids[-1] == tok.eos_token_id and labels[-1] == tok.eos_token_id  # ... and so does [EOS]
-        assert any(r["completion"] == answer for r in rows.values()), answer
+        assert answer in completions, answer
 
 
 def test_dpo_pairs_drop_a_rejected_answer_too_similar_to_the_chosen():
@@ -137,7 +128,7 @@ def test_make_rag_answers_offline_from_a_clean_run_folder(chain, tmp_path):
         if (REPO / name).is_file() and not name.startswith("runs/"):
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, clone / name)
-    shutil.copytree(chain / "phi2" / "pretrain" / "final", clone / "runs" / "phi2" / "sft" / "final")  # the answerer
+    shutil.copytree(chain / "phi2" / "pretrain" / "final", clone / "runs" / "phi2" / "rag-sft" / "final")  # the answerer
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(clone), "SLM_KEY_DIR": str(tmp_path / "key")}
     make = ["make", "rag", f"VENV={Path(sys.executable).parent.parent}", "QUESTION=苇川的老街叫什么名字？",
             "ARGS=stage.embedding_fallback=use generation.max_new_tokens=8"]

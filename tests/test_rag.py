@@ -14,7 +14,7 @@ from langchain_core.documents import Document
 
 from shared import retrieval
 from shared.errors import UserError
-from conftest import REPO, run
+from conftest import REPO, run, small_kb, tiny_model
 
 EMBEDDING = "use"  # the fastest packaged model to build an index with (the recipe's default is measured by rag-eval)
 DOC_IDS = {"enc-001", "enc-005", "enc-040", "news-002", "news-003"}  # a small knowledge base from the bundled one
@@ -28,14 +28,7 @@ def signing_key_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def kb(tmp_path) -> Path:
-    """data/world subset: a folder with two .jsonl files, as DOCS= would name it."""
-    folder = tmp_path / "kb"
-    folder.mkdir()
-    for name in ("encyclopedia.jsonl", "news.jsonl"):
-        lines = [line for line in (REPO / "data/world" / name).read_text(encoding="utf-8").splitlines()
-                 if json.loads(line)["id"] in DOC_IDS]
-        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
+    return small_kb(tmp_path / "kb", DOC_IDS)
 
 
 @pytest.fixture(scope="module")
@@ -188,20 +181,6 @@ class Prompts(BaseCallbackHandler):
         self.seen.extend(prompts)
 
 
-def tiny_model(folder: Path, texts: list[str], positions: int = 512) -> Path:
-    """A 2-layer random GPT-2 with a byte-level BPE trained on `texts`, saved like a run's final/."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from shared.tokenizer import train_bpe
-
-    tok = train_bpe(iter([texts]), vocab_size=600, min_frequency=1, folder=folder / "tok")
-    config = GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(config).save_pretrained(str(folder / "model"))
-    tok.save_pretrained(str(folder / "model"))
-    return folder / "model"
-
-
 def test_answer_plumbing_with_a_tiny_model(tmp_path, kb, embedding):
     from langchain_huggingface import HuggingFacePipeline
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
@@ -236,15 +215,15 @@ def test_answer_plumbing_with_a_tiny_model(tmp_path, kb, embedding):
 
 def test_recipe_stage_section_is_checked():
     from shared.recipe import load_recipe
-    from train_phi2.rag import RagArgs, check
+    RagSettings, check = retrieval.RagSettings, retrieval.check_settings
 
-    recipe = load_recipe(REPO / "recipes/phi2/rag.yaml", stage=RagArgs)
+    recipe = load_recipe(REPO / "recipes/phi2/rag.yaml", stage=RagSettings)
     assert check(recipe).retriever == "combined" and recipe.run_dir == REPO / "runs/phi2/rag"
     with pytest.raises(UserError, match="did you mean 'retriever'"):
-        load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.retrieverr=dense"], stage=RagArgs)
+        load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.retrieverr=dense"], stage=RagSettings)
     with pytest.raises(UserError, match="stage.retriever must be one of dense, lexical, combined"):
-        check(load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.retriever=hybrid"], stage=RagArgs))
-    folder = load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.docs=data/world"], stage=RagArgs).stage.docs
+        check(load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.retriever=hybrid"], stage=RagSettings))
+    folder = load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.docs=data/world"], stage=RagSettings).stage.docs
     assert folder == "data/world"
 
 
@@ -267,7 +246,9 @@ def test_rag_script_builds_reuses_and_answers(tmp_path, kb):
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(line for line in (REPO / "data/qa/rag.jsonl").read_text(encoding="utf-8")
                                    .splitlines() if '"news-00' in line) + "\n", encoding="utf-8")
-    second = run([*common, f"stage.questions={questions}", "stage.compare=[]", "--eval"], env=env)
+    second = run([*common, f"stage.questions={questions}", "stage.compare=[]", "stage.baseline=null", "--eval"], env=env)
     assert "index: reusing" in second.stdout
     log = (final / "stage_log.md").read_text(encoding="utf-8")
     assert "## Retrieval recall@k" in log and "| combined **(recipe default)** | use |" in log
+    n = len(questions.read_text(encoding="utf-8").splitlines())
+    assert "## Answers" in log and f"| `{model}` | **0.000 (0/{n})** |" in log  # a random model states no key

