@@ -13,7 +13,7 @@ documents (`reader(path) -> iterable of {id, text}`):
 
 The writer then, for every stage alike:
 1. cleans each text (line endings, control characters, runs of spaces and blank lines) and drops short and
-   duplicate documents, counting what it dropped;
+   duplicate documents, counting what it dropped; one document at a time (only ids and digests are kept);
 2. splits the new documents 90/10 (seeded shuffle, data.validation_fraction), and adds the documents of the
    earlier stages named in stage.include with the split they already had, so a validation document never becomes
    a training one;
@@ -28,6 +28,7 @@ The writer then, for every stage alike:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import time
@@ -38,7 +39,7 @@ from typing import Callable, Iterable
 from datasets import Dataset
 
 from shared import bins, cli, stage
-from shared.data import read_jsonl, split_train_eval
+from shared.data import file_digest, load_local, read_jsonl, split_train_eval
 from shared.errors import UserError, run_main
 from shared.recipe import resolve_path
 from shared.tokenizer import load_tokenizer
@@ -110,40 +111,57 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 # the writer
 
 
-def documents(recipe, reader: Callable[[Path], Iterable[dict]]) -> tuple[list[dict], list[dict]]:
-    """This stage's cleaned, split documents + those of the included stages; and one report row per source."""
-    s, report, seen, new = recipe.stage, [], set(), []
-    for path in s.inputs:
-        file = resolve_path(path)
-        if not file.is_file():
-            raise UserError(f"{recipe.where('stage.inputs')}: input not found: {path}")
-        raw = list(reader(file))[:recipe.data.max_samples]
-        kept = []
-        for d in raw:
-            text = clean(d["text"])
-            if len(text) >= s.min_chars and text not in seen:
-                seen.add(text)
-                kept.append({"id": d["id"], "source": path, "text": text})
-        report.append({"source": path, "records": len(raw), "kept": len(kept),
-                       "sha256": hashlib.sha256(file.read_bytes()).hexdigest()})
-        new += kept
-    if len(new) >= 2 and recipe.data.validation_fraction > 0:
-        train, val = split_train_eval(Dataset.from_list(new), recipe.data.validation_fraction, s.seed)
-        val_ids = set(val["id"])
-        new = [{**d, "split": "val" if d["id"] in val_ids else "train"} for d in new]
-    else:
-        new = [{**d, "split": "train"} for d in new]
-    included = []
-    for ref in s.include:
-        rows = list(read_jsonl(stage.final_of(ref, "stage.include") / "corpus.jsonl"))
-        included += [r for r in rows if r["text"] not in seen]
-        report.append({"source": f"{ref} (corpus.jsonl, splits kept)", "records": len(rows),
-                       "kept": len(rows), "sha256": hashlib.sha256(json.dumps(rows).encode()).hexdigest()})
-    docs = new + included
-    if not any(d["split"] == "train" for d in docs) or not any(d["split"] == "val" for d in docs):
-        raise UserError(f"{recipe.source}: {len(docs)} documents give an empty train or val split; add inputs "
-                        f"or lower stage.min_chars")
-    return docs, report
+def documents(recipe, reader: Callable[[Path], Iterable[dict]], corpus: Path, eval_questions: list[str]) -> list[dict]:
+    """Write this stage's cleaned, split documents + those of the included stages to `corpus` (JSONL), one at a time:
+    only their ids and a digest of each text are held, so a corpus of any size streams through. Returns one report
+    row per source."""
+    s, report, seen, ids = recipe.stage, [], set(), []
+    pending = corpus.with_name(corpus.name + ".new")
+    with open(pending, "w", encoding="utf-8") as f:
+        for path in s.inputs:
+            file = resolve_path(path)
+            if not file.is_file():
+                raise UserError(f"{recipe.where('stage.inputs')}: input not found: {path}")
+            records = kept = 0
+            for d in itertools.islice(reader(file), recipe.data.max_samples):
+                records += 1
+                text = clean(d["text"])
+                digest = hashlib.sha1(text.encode()).digest()
+                if len(text) >= s.min_chars and digest not in seen:
+                    seen.add(digest)
+                    ids.append(d["id"])
+                    kept += 1
+                    f.write(json.dumps({"id": d["id"], "source": path, "text": text}, ensure_ascii=False) + "\n")
+            report.append({"source": path, "records": records, "kept": kept, "sha256": file_digest(file)})
+    val_ids = set()
+    if len(ids) >= 2 and recipe.data.validation_fraction > 0:  # the seeded shuffle depends on the count only
+        val_ids = set(split_train_eval(Dataset.from_dict({"id": ids}), recipe.data.validation_fraction, s.seed)[1]["id"])
+    counts = {"train": 0, "val": 0}
+
+    def add(row: dict, out) -> None:
+        leaked = next((q for q in eval_questions if q in row["text"]), None)
+        if leaked:
+            raise UserError(f"{recipe.where('stage.qa')}: evaluation question found in the corpus: {leaked!r}")
+        counts[row["split"]] += 1
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    with open(corpus, "w", encoding="utf-8") as out:
+        for row in read_jsonl(pending):
+            add({**row, "split": "val" if row["id"] in val_ids else "train"}, out)
+        for ref in s.include:
+            h, n = hashlib.sha256(), 0
+            for row in read_jsonl(stage.final_of(ref, "stage.include") / "corpus.jsonl"):
+                h.update(json.dumps(row, ensure_ascii=False).encode())
+                n += 1
+                if hashlib.sha1(row["text"].encode()).digest() not in seen:
+                    add(row, out)
+            report.append({"source": f"{ref} (corpus.jsonl, splits kept)", "records": n, "kept": n,
+                           "sha256": h.hexdigest()})
+    pending.unlink()
+    if not counts["train"] or not counts["val"]:
+        raise UserError(f"{recipe.source}: {sum(counts.values())} documents give an empty train or val split; add "
+                        f"inputs or lower stage.min_chars")
+    return report
 
 
 def main(argv: list[str], default_recipe: str, title: str, reader: Callable[[Path], Iterable[dict]] | None = None):
@@ -151,18 +169,16 @@ def main(argv: list[str], default_recipe: str, title: str, reader: Callable[[Pat
     s = recipe.stage
     reader = reader or (lambda path: read_text(path, s.chunk_chars))
     started = time.perf_counter()
-    docs, report = documents(recipe, reader)
     qa_train, qa_eval = read_qa(s.qa) if s.qa else ([], [])
-    leaked = [q["Question"] for q in qa_eval if any(q["Question"] in d["text"] for d in docs)]
-    if leaked:
-        raise UserError(f"{recipe.where('stage.qa')}: evaluation question(s) found in the corpus: {leaked[:3]}")
-    split = {name: Dataset.from_list([{"text": d["text"]} for d in docs if d["split"] == name])
-             for name in ("train", "val")}
-    key = hashlib.sha256(json.dumps([d["text"] for d in docs if d["split"] == "train"]).encode()).hexdigest()
-    tokenizer, tok_prov = load_tokenizer(recipe.tokenizer, split["train"], key, cache_root(recipe))
-
     with stage.output(recipe, title, publish_log=opts.publish_log) as out:
-        write_jsonl(out.dir / "corpus.jsonl", docs)
+        report = documents(recipe, reader, out.dir / "corpus.jsonl", [q["Question"] for q in qa_eval])
+        docs = load_local(out.dir / "corpus.jsonl")  # Arrow, memory-mapped
+        split = {name: docs.filter(lambda b: [x == name for x in b["split"]], batched=True).select_columns(["text"])
+                 for name in ("train", "val")}
+        key = hashlib.sha256()
+        for batch in split["train"].iter(batch_size=10_000):
+            key.update(json.dumps(batch["text"], ensure_ascii=False).encode())
+        tokenizer, tok_prov = load_tokenizer(recipe.tokenizer, split["train"], key.hexdigest(), cache_root(recipe))
         if s.qa:
             write_jsonl(out.dir / "qa_train.jsonl", qa_train)
             write_jsonl(out.dir / "qa_eval.jsonl", qa_eval)

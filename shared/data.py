@@ -5,13 +5,17 @@ why, a content fingerprint and sizes), which the run log records.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import os
 import string
 import warnings
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+import pyarrow.compute as pc
 from datasets import Dataset
 
 from .errors import UserError
@@ -29,20 +33,7 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield the objects of a JSONL file; a bad line is a UserError naming the file and the line."""
     path = Path(path)
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UserError(f"{path}:{number}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{number}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield record
+        yield from read_jsonl_lines(enumerate(f, start=1), path)
 
 
 def _read_text(path: Path) -> str:
@@ -65,40 +56,140 @@ def _local_files(path: Path) -> list[Path]:
     raise UserError(f"data not found: {path}")
 
 
-def load_local(path: str | Path) -> Dataset:
-    """jsonl / json (list of objects) / txt (one record per blank-line-separated paragraph) / csv / parquet."""
-    rows: list[dict] = []
-    for file in _local_files(resolve_path(path)):
-        if file.suffix == ".jsonl":
-            rows.extend(read_jsonl(file))
-        elif file.suffix == ".json":
-            try:
-                data = json.loads(_read_text(file))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{file}:{e.lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise UserError(f"{file}: a .json data file must hold a list of objects")
-            rows.extend(data)
-        elif file.suffix == ".txt":
-            paragraphs = [p.strip() for p in _read_text(file).split("\n\n")]
-            rows.extend({"text": p} for p in paragraphs if p)
-        else:
-            from datasets import load_dataset
+BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
+TEXT_SUFFIXES = (".jsonl", ".json", ".txt", ".csv")
 
-            rows.extend(load_dataset(file.suffix[1:], data_files=str(file), split="train"))
-    if not rows:
+
+def load_local(path: str | Path) -> Dataset:
+    """jsonl / json (a list of objects) / txt (one record per blank-line-separated paragraph) / csv / parquet files,
+    or a folder of them, through `datasets`' own builders: Arrow files in its cache, memory-mapped, so a corpus of any
+    size is never held in memory (and a second run reuses them). A bad record is one line naming the file and line."""
+    from datasets import Features, Value, concatenate_datasets, disable_progress_bars, enable_progress_bars, load_dataset
+
+    files = _local_files(resolve_path(path))
+    for file in files:
+        file_digest(file)  # UTF-8 checked (and the fingerprint read) before anything is parsed
+    parts = []
+    for suffix in dict.fromkeys(f.suffix for f in files):
+        group = [f for f in files if f.suffix == suffix and _has_records(f)]
+        if not group:
+            continue
+        kwargs = {"sample_by": "paragraph"} if suffix == ".txt" else {}
+        small = sum(f.stat().st_size for f in group) < 50 << 20
+        if small:
+            disable_progress_bars()  # a bar per bundled file is noise; a big corpus shows its progress
+        try:
+            part = load_dataset(BUILDERS[suffix], data_files=[str(f) for f in group], split="train", **kwargs)
+            if suffix == ".txt":  # paragraphs without their surrounding blank space; blank ones dropped
+                part = part.map(lambda b: {"text": [t.strip() for t in b["text"]]}, batched=True,
+                                desc="paragraphs").filter(lambda b: [bool(t) for t in b["text"]], batched=True)
+            if Value("large_string") in part.features.values():  # parquet's: one string type for all parts
+                part = part.cast(Features({k: Value("string") if v == Value("large_string") else v
+                                           for k, v in part.features.items()}))
+            parts.append(part)
+        except UserError:
+            raise
+        except Exception as e:  # pyarrow's parse errors name no line: find it, and say it in one line
+            raise _first_bad_record(group) or UserError(f"{group[0]}: unreadable ({_first_line(e)})") from None
+        finally:
+            if small:
+                enable_progress_bars()
+    if not parts or not sum(len(p) for p in parts):
         raise UserError(f"{path}: empty dataset (no records)")
     try:
-        return Dataset.from_list(rows)
-    except Exception as e:  # pyarrow schema clash between files / records
-        raise UserError(f"{path}: records disagree on their columns' types ({str(e).splitlines()[0]})") from None
+        return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    except Exception as e:  # pyarrow schema clash between files
+        raise UserError(f"{path}: records disagree on their columns' types ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    cause = e.__cause__ or e.__context__ or e
+    return (str(cause) or type(cause).__name__).splitlines()[0][:200]
+
+
+def _has_records(file: Path) -> bool:
+    """Not empty; a .jsonl's first record is an object (`datasets` would read lines of arrays as a text column)."""
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                if file.suffix == ".jsonl":
+                    next(read_jsonl_lines([(number, raw)], file))
+                return True
+    return False
+
+
+def read_jsonl_lines(lines, path: Path) -> Iterator[dict]:
+    for number, raw in lines:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}:{number}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{number}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        yield record
+
+
+def _first_bad_record(files: list[Path]) -> UserError | None:
+    """Read the files again, a line at a time, for the first record that can't be read."""
+    for file in files:
+        try:
+            if file.suffix == ".jsonl":
+                for _ in read_jsonl(file):
+                    pass
+            elif file.suffix == ".json":
+                data = json.loads(_read_text(file))
+                if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                    return UserError(f"{file}: a .json data file must hold a list of objects")
+            elif file.suffix == ".txt":
+                with open(file, "rb") as f:
+                    for number, raw in enumerate(f, start=1):
+                        try:
+                            raw.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            return UserError(f"{file}:{number}: not valid UTF-8 (byte {e.start} of the line)")
+        except json.JSONDecodeError as e:
+            return UserError(f"{file}:{e.lineno}: malformed JSON ({e.msg})")
+        except UserError as e:
+            return e
+    return None
+
+
+_DIGESTS: dict[tuple, str] = {}  # (file, size, mtime) -> sha256: each file is read once per process
+
+
+def file_digest(file: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks; a text file is checked to be UTF-8 on the way (pyarrow's JSON reader
+    would take Latin-1 bytes silently): a bad byte is one line naming the file and the line."""
+    stat = file.stat()
+    key = (str(file), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        h, decoder, lines = hashlib.sha256(), codecs.getincrementaldecoder("utf-8")(), 1
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                if file.suffix in TEXT_SUFFIXES:
+                    try:
+                        decoder.decode(chunk)
+                    except UnicodeDecodeError as e:
+                        line = lines + chunk[:e.start].count(b"\n")
+                        raise UserError(f"{file}:{line}: not valid UTF-8 (byte {chunk[e.start:e.start + 1]!r})") from None
+                    lines += chunk.count(b"\n")
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def fingerprint_files(path: str | Path) -> str:
+    """sha256 over the files' names and contents."""
     h = hashlib.sha256()
     for file in _local_files(resolve_path(path)):
         h.update(file.name.encode())
-        h.update(file.read_bytes())
+        h.update(file_digest(file).encode())
     return h.hexdigest()
 
 
@@ -173,14 +264,17 @@ def render(ds: Dataset, spec: DataArgs, templates: dict[str, str], source: str =
                 out[column].append(one(column, template, values))
         return out
 
-    out = ds.map(rows, batched=True, remove_columns=ds.column_names, desc="rendering texts")
-    for column in templates:
-        too_long = [i for i, t in enumerate(out[column]) if len(t) > spec.max_chars]
-        if too_long:
-            raise UserError(f"{source}: record {too_long[0]} has {len(out[too_long[0]][column])} characters, over "
+    out = ds.map(rows, batched=True, remove_columns=ds.column_names, desc="rendering texts",
+                 num_proc=num_proc_for(len(ds), spec.num_proc))
+    for column in templates:  # (arrow compute over the column: the corpus never becomes Python strings at once)
+        lengths = pc.utf8_length(out.data.column(column))
+        if (pc.max(lengths).as_py() or 0) > spec.max_chars:
+            first = pc.index(pc.greater(lengths, spec.max_chars), True).as_py()
+            raise UserError(f"{source}: record {first} has {lengths[first].as_py()} characters, over "
                             f"data.max_chars={spec.max_chars} (a file without line breaks?)")
     before = len(out)
-    out = out.filter(lambda r: all(r[c] for c in templates), desc="dropping empty texts")
+    out = out.filter(lambda b: [all(b[c][i] for c in templates) for i in range(len(b[next(iter(templates))]))],
+                     batched=True, desc="dropping empty texts", num_proc=num_proc_for(len(out), spec.num_proc))
     if len(out) == 0:
         raise UserError(f"{source}: every record renders to an empty text with {templates}")
     if len(out) < before:
@@ -199,34 +293,66 @@ def split_train_eval(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
     return parts["train"], parts["test"]
 
 
-def pack(texts: Dataset, tokenizer, block_size: int, name: str = "train", add_bos: bool = False) -> Dataset:
-    """Tokenise texts, end each with EOS (and start it with BOS when asked), and cut the stream into `block_size`
-    blocks (the remainder is dropped): packing, so no position is spent on padding."""
+def sample_for_eval(rows: Dataset, columns: list[str], max_chars: int, seed: int) -> Dataset:
+    """A seeded random choice of records, spread over the whole split, holding about `max_chars` characters (all
+    of them when the split is smaller): what the final evaluation of a huge corpus reads, in bounded time."""
+    lengths = []
+    for batch in rows.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
+        lengths.append(sum(pc.utf8_length(batch.column(c)).to_numpy(zero_copy_only=False) for c in columns))
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    if lengths.sum() <= max_chars:
+        return rows
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    n = int(np.searchsorted(np.cumsum(lengths[order]), max_chars)) + 1
+    return rows.select(np.sort(order[:n]))
+
+
+def num_proc_for(rows: int, asked: int | None = None) -> int | None:
+    """Worker processes for a map over `rows` records: the recipe's data.num_proc, else one per core (at most 8)
+    once there is enough to share (a pool costs seconds to start)."""
+    if asked is not None:
+        return asked if asked > 1 else None
+    return min(os.cpu_count() or 1, 8) if rows >= 20_000 and (os.cpu_count() or 1) > 1 else None
+
+
+def tokenizer_digest(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pack(texts: Dataset, tokenizer, block_size: int, name: str = "train", add_bos: bool = False,
+         num_proc: int | None = None) -> Dataset:
+    """Tokenise texts (worker processes for a big corpus), end each with EOS (and start it with BOS when asked), and
+    cut the stream into `block_size` blocks (the remainder is dropped): packing, so no position is spent on padding.
+    Both steps are cached by `datasets` under a fingerprint of the texts, the tokenizer and the settings, so a
+    second run over the same corpus starts at once."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError("the tokenizer has no eos_token; packing needs one to separate documents")
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     if add_bos and not bos:
         raise UserError("data.add_bos: the tokenizer has no bos_token")
+    key = hashlib.sha256(f"{texts._fingerprint}|{tokenizer_digest(tokenizer)}|{block_size}|{bool(bos)}".encode())
 
     def tokenize(batch: dict) -> dict:
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [bos + x + [eos] for x in ids]}
+        ids = [bos + x + [eos] for x in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]]
+        return {"input_ids": ids, "length": [len(x) for x in ids]}
 
     def group(batch: dict) -> dict:
         stream = [t for ids in batch["input_ids"] for t in ids]
         usable = len(stream) // block_size * block_size
-        blocks = [stream[i:i + block_size] for i in range(0, usable, block_size)]
-        return {"input_ids": blocks}
+        return {"input_ids": [stream[i:i + block_size] for i in range(0, usable, block_size)]}
 
-    tokens = texts.map(tokenize, batched=True, remove_columns=texts.column_names, desc=f"tokenizing {name}")
-    total = sum(len(x) for x in tokens["input_ids"])
+    tokens = texts.map(tokenize, batched=True, remove_columns=texts.column_names, desc=f"tokenizing {name}",
+                       num_proc=num_proc_for(len(texts), num_proc), new_fingerprint=key.hexdigest()[:32] + "t")
+    total = pc.sum(tokens.data.column("length")).as_py() or 0
     if total < block_size:
         raise UserError(f"{name} split has {total} tokens, fewer than data.block_size={block_size}; "
                         f"lower block_size or add data")
     # groups of 10k documents: small corpora lose no tokens, large ones stay bounded in memory
-    blocks = tokens.map(group, batched=True, batch_size=10_000, desc=f"packing {name} into {block_size}-token blocks")
-    return blocks
+    return tokens.map(group, batched=True, batch_size=10_000, remove_columns=["length"],
+                      desc=f"packing {name} into {block_size}-token blocks", new_fingerprint=key.hexdigest()[:32] + "p")
 
 
 def corpus_iterator(texts: Dataset, batch_size: int = 1000) -> Iterator[list[str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -123,7 +124,11 @@ def export(final: Path, out: Path) -> str:
             data["auto_map"] = {"AutoConfig": "lstm.LSTMConfig", "AutoModelForCausalLM": "lstm.LSTMForCausalLM"}
             (tmp / "config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
             for code in ("lstm.py", "gpt.py"):  # lstm.py imports its shared head from gpt.py
-                shutil.copy2(SHARED / code, tmp / code)
+                # without slm's own registration line: the copy loads through auto_map, and loaded into a process
+                # that has slm it must not take over the slm_gpt / slm_lstm names
+                text = re.sub(r"^register\(.*$", "# (registered by slm; this copy loads through config.json's "
+                              "auto_map)", (SHARED / code).read_text(encoding="utf-8"), flags=re.M)
+                (tmp / code).write_text(text, encoding="utf-8")
             what = "LSTMForCausalLM with its code (trust_remote_code=True)"
     recipe = yaml.safe_load((src / "recipe.yaml").read_text(encoding="utf-8")) if (src / "recipe.yaml").is_file() else {}
     with_template(AutoTokenizer.from_pretrained(src), (recipe or {}).get("generation") or {}).save_pretrained(tmp)

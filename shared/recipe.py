@@ -89,7 +89,10 @@ class DataArgs:
     max_samples: int | None = None  # cap on records, for quick runs
     max_chars: int = 200_000  # a record longer than this is an error (catches a whole file on one line)
     eval_subset: int | None = 256  # evaluations during training use this many validation samples (seeded);
-    #                                the whole validation split is evaluated once at the end. null: all of it
+    #                                the final evaluation all of them (within eval_max_tokens). null: all of it
+    eval_max_tokens: int | None = 50_000  # the validation split is cut to about this many tokens (a seeded choice
+    #                                        spread over it), so evaluating a huge corpus takes minutes, not hours
+    num_proc: int | None = None  # tokenising processes; null: one per core (at most 8) for >= 20k records
 
 
 @dataclass

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import yaml
 from datasets import Dataset
@@ -41,7 +42,7 @@ from transformers.trainer_utils import IntervalStrategy
 from . import bins, cli, models
 from .chat import chat_template
 from .checkpoints import CompleteMarker, find_resume
-from .data import Provenance, load_source, pack, render, split_train_eval
+from .data import Provenance, load_source, pack, render, sample_for_eval, split_train_eval
 from .errors import UserError
 from .generate import generation_config, samples_markdown
 from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
@@ -88,25 +89,48 @@ def load_data(recipe: Recipe) -> Data:
     if spec.fallback_template and not spec.templates and prov.source == spec.fallback:  # the bundled file's layout
         templates = {"text": spec.fallback_template}
     rows = render(records, spec, templates, prov.source)
-    train_rows, eval_rows = split_train_eval(rows, spec.validation_fraction, recipe.training.get("seed", 42))
+    seed = recipe.training.get("seed", 42)
+    train_rows, eval_rows = split_train_eval(rows, spec.validation_fraction, seed)
     corpus = train_rows if kind == "lm" else train_rows.map(
-        lambda r: {"text": "\n".join(r[c] for c in COLUMNS[kind])}, remove_columns=list(COLUMNS[kind]))
+        lambda b: {"text": ["\n".join(r) for r in zip(*(b[c] for c in COLUMNS[kind]))]}, batched=True,
+        remove_columns=list(COLUMNS[kind]))
     tokenizer, tok_prov = load_tokenizer(recipe.tokenizer, corpus, prov.fingerprint, cache_root(recipe),
                                          recipe.model.trust_remote_code)
-    unit = "records"
+    unit, cap = "records", None
+    if eval_rows is not None and spec.eval_max_tokens:  # characters enough for the cap with any tokenizer
+        n_all = len(eval_rows)
+        eval_rows = sample_for_eval(eval_rows, list(COLUMNS[kind]), spec.eval_max_tokens * (4 if kind == "lm" else 1),
+                                    seed)
+        cap = n_all if len(eval_rows) < n_all else None
     if kind == "lm":  # TRL's trainers tokenise prompt/completion/chosen/rejected themselves
-        train_rows = pack(train_rows, tokenizer, spec.block_size, "train", spec.add_bos)
-        eval_rows = pack(eval_rows, tokenizer, spec.block_size, "validation", spec.add_bos) if eval_rows is not None else None
+        train_rows = pack(train_rows, tokenizer, spec.block_size, "train", spec.add_bos, spec.num_proc)
+        if eval_rows is not None:
+            eval_rows = pack(eval_rows, tokenizer, spec.block_size, "validation", spec.add_bos, spec.num_proc)
+            n_blocks = max(1, spec.eval_max_tokens // spec.block_size) if spec.eval_max_tokens else len(eval_rows)
+            if len(eval_rows) > n_blocks:
+                eval_rows = eval_rows.select(np.sort(np.random.default_rng(seed).permutation(len(eval_rows))[:n_blocks]))
         unit = f"blocks of {spec.block_size} tokens"
-    during = eval_rows
-    if eval_rows is not None and spec.eval_subset is not None and len(eval_rows) > spec.eval_subset:
-        during = eval_rows.shuffle(seed=recipe.training.get("seed", 42)).select(range(spec.eval_subset))
-    n_eval = len(eval_rows) if eval_rows is not None else 0
-    note = f"{len(train_rows)} train / {n_eval} validation {unit}"
-    if during is not eval_rows:
-        note += (f"; evaluations during training use a fixed seeded subset of {len(during)} (data.eval_subset), "
-                 f"the final evaluation all {n_eval}")
-    return Data(tokenizer, train_rows, eval_rows, prov, tok_prov, during, [note])
+    notes = [f"{len(train_rows)} train / {len(eval_rows) if eval_rows is not None else 0} validation {unit}"]
+    if cap:
+        notes.append(f"the validation split ({cap:,} records) is cut to {eval_tokens(eval_rows, tokenizer, kind):,} "
+                     f"tokens ({len(eval_rows):,} {unit}; data.eval_max_tokens={spec.eval_max_tokens:,}), a seeded "
+                     f"random choice spread over the whole split")
+    return Data(tokenizer, train_rows, eval_rows, prov, tok_prov, *eval_subset(eval_rows, spec.eval_subset, seed, notes))
+
+
+def eval_tokens(rows, tokenizer, kind: str) -> int:
+    if kind == "lm":
+        return sum(len(x) for x in rows["input_ids"])
+    return sum(len(tokenizer("".join(r[c] for c in COLUMNS[kind]), add_special_tokens=False).input_ids) for r in rows)
+
+
+def eval_subset(rows, size: int | None, seed: int, notes: list[str]) -> tuple:
+    """(the seeded subset evaluated during training, notes): the final evaluation reads all of `rows`."""
+    if rows is None or size is None or len(rows) <= size:
+        return rows, notes
+    during = rows.shuffle(seed=seed).select(range(size))
+    return during, notes + [f"evaluations during training use a fixed seeded subset of {size} (data.eval_subset), "
+                            f"the final evaluation all {len(rows)}"]
 
 
 def bin_data(recipe: Recipe) -> Data:
@@ -125,13 +149,17 @@ def bin_data(recipe: Recipe) -> Data:
                                 seed=t.get("seed", 42))
     evals = during = None
     if (folder / "val.bin").is_file():
-        evals = bins.BinWindows(folder / "val.bin", spec.block_size, tiled=True)
+        most = max(1, spec.eval_max_tokens // spec.block_size) if spec.eval_max_tokens else None
+        evals = bins.BinWindows(folder / "val.bin", spec.block_size, most, tiled=True)
         during = evals if spec.eval_subset is None or len(evals) <= spec.eval_subset else \
             bins.BinWindows(folder / "val.bin", spec.block_size, spec.eval_subset, tiled=True)
     prov = Provenance(source=f"{spec.bins} (token bins)", fingerprint=meta["splits"]["train"]["sha256"],
                       records=meta["splits"]["train"]["documents"])
     note = (f"{meta['splits']['train']['tokens']:,} train tokens -> {len(train_set)} random windows of "
             f"{spec.block_size} + 1 (seed {t.get('seed', 42)}); validation: {len(evals) if evals else 0} fixed windows")
+    if evals is not None and evals.num_windows < evals.fit:
+        note += (f" ({evals.num_windows * spec.block_size:,} of val.bin's {evals.n_tokens:,} tokens, "
+                 f"data.eval_max_tokens={spec.eval_max_tokens:,}: windows spread evenly over the file)")
     if during is not evals:
         note += f", {len(during)} of them (spread evenly) during training"
     return Data(tokenizer, train_set, evals, prov, tok_prov, during, [note])
@@ -271,14 +299,17 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
 
 
 def final_metrics(trainer: Trainer, data: Data, kind: str, runlog: RunLog) -> None:
-    """Evaluate the whole validation split once; perplexity where the loss is a mean token loss (lm, sft)."""
+    """Evaluate the validation split (within data.eval_max_tokens) once; perplexity where the loss is a mean token loss (lm, sft)."""
     if data.eval is None:
         return
     metrics = trainer.evaluate(eval_dataset=data.eval)
     if "eval_loss" in metrics and kind in ("lm", "sft"):
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
-    scope = (f"all {len(data.eval)} validation samples" if data.eval_during is data.eval else
-             f"all {len(data.eval)} validation samples (the table's eval loss: a fixed subset of {len(data.eval_during)})")
+    capped = any("data.eval_max_tokens" in n for n in data.notes)
+    scope = (f"{len(data.eval)} validation samples (the split cut to data.eval_max_tokens: see the data split line)"
+             if capped else f"all {len(data.eval)} validation samples")
+    if data.eval_during is not data.eval:
+        scope += f" (the table's eval loss: a fixed subset of {len(data.eval_during)})"
     runlog.add_section("Final evaluation", f"On {scope}" + (", answer tokens only" if kind == "sft" else "") + ":\n\n"
                        + "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
                                    for k, v in metrics.items()))

@@ -10,6 +10,8 @@ from shared.errors import UserError
 from shared.recipe import DataArgs
 from shared.tokenizer import train_bpe
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -101,3 +103,74 @@ def test_pack_joins_documents_with_eos_into_full_blocks(tmp_path):
     assert tok.eos_token_id in blocks["input_ids"][0] + blocks["input_ids"][1]
     with pytest.raises(UserError, match="fewer than data.block_size"):
         D.pack(texts.select([0]), tok, block_size=4096)
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+from shared import data as D
+from shared.recipe import DataArgs
+
+def vmdata():  # private memory the process has mapped (what RLIMIT_DATA limits); file mappings don't count
+    return next(int(l.split()[1]) << 10 for l in open("/proc/self/status") if l.startswith("VmData:"))
+
+base = vmdata()
+resource.setrlimit(resource.RLIMIT_DATA, (base + (int(sys.argv[2]) << 20),) * 2)
+rows = D.render(D.load_local(sys.argv[1]), DataArgs(path=sys.argv[1]), {"text": "{title}\\n{body}"}, sys.argv[1])
+train, held_out = D.split_train_eval(rows, 0.05, 42)
+held_out = D.sample_for_eval(held_out, ["text"], 50_000, 42)
+print(json.dumps({"train": len(train), "eval": len(held_out), "chars": sum(len(t) for t in held_out["text"])}))
+"""
+
+
+@pytest.mark.slow
+def test_a_corpus_larger_than_the_memory_budget_is_read_without_holding_it(tmp_path):
+    """~250 MB of JSONL through load -> render -> split -> eval sample in a process allowed 220 MB of private
+    memory beyond its imports: Arrow files, memory-mapped. A Python list of the records would not fit."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    rng = random.Random(0)
+    chars = "苇川青漪河长虹桥渡口码头旧港区桥东柳岸北坡新渡的了是在有和人年月日一二三四五六七八九十"
+    big = tmp_path / "big.jsonl"
+    with open(big, "w", encoding="utf-8") as f:
+        for i in range(125_000):
+            f.write(json.dumps({"title": f"第{i}篇", "body": "".join(rng.choices(chars, k=700))}, ensure_ascii=False)
+                    + "\n")
+    assert big.stat().st_size > 240 << 20
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "ARROW_DEFAULT_MEMORY_POOL": "system"}
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(big), "220"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["train"] == 118_750 and 0 < out["eval"] < 6_250 and 50_000 <= out["chars"] < 52_000
+    eager = "from datasets import Dataset; Dataset.from_list(list(D.read_jsonl(sys.argv[1])))"
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE.split("rows = ")[0] + eager, str(big), "220"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0 and "MemoryError" in proc.stderr  # the budget is real: the old way can't fit
+
+
+def test_eval_sample_is_seeded_spread_over_the_split_and_bounded():
+    rows = Dataset.from_list([{"text": "字" * 10, "n": i} for i in range(1000)])
+    picked = D.sample_for_eval(rows, ["text"], 1_000, seed=3)
+    assert len(picked) == 100 and list(picked["n"]) == sorted(picked["n"])  # ~1,000 characters, in split order
+    assert picked["n"] == D.sample_for_eval(rows, ["text"], 1_000, seed=3)["n"]  # seeded
+    assert min(picked["n"]) < 100 and max(picked["n"]) > 900  # spread over the whole split, not its head
+    assert D.sample_for_eval(rows, ["text"], 20_000, seed=3) is rows  # small enough: all of it
+
+
+def test_the_final_evaluation_is_cut_to_eval_max_tokens_and_the_log_says_so(tmp_path):
+    from shared import train
+    from shared.recipe import load_recipe
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": f"第{i}首：" + "春风吹过长河，" * 6} for i in range(400)])
+    common = [f"data.path={corpus}", "data.template='{text}'", "data.block_size=16", "tokenizer.vocab_size=400", "validation_fraction=0.25",
+              f"run.output_root={tmp_path}/runs", "data.eval_subset=2"]
+    whole = train.load_data(load_recipe(REPO / "recipes/phi3/pretrain.yaml", common + ["data.eval_max_tokens=null"]))
+    cut = train.load_data(load_recipe(REPO / "recipes/phi3/pretrain.yaml", common + ["data.eval_max_tokens=64"]))
+    assert len(whole.eval) > 40 and len(cut.eval) == 64 // 16 and len(cut.eval_during) == 2
+    assert len(cut.train) == len(whole.train)  # training data untouched
+    note = cut.facts()["data split"]
+    assert "cut to 64 tokens (4 blocks of 16 tokens; data.eval_max_tokens=64), a seeded random choice" in note
+    assert "data.eval_max_tokens" not in whole.facts()["data split"]

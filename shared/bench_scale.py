@@ -1,0 +1,161 @@
+"""The scale benchmark (make bench, section "scale"): the main job's data path on generated corpora of 10M / 100M /
+1B characters, time and peak memory, and how long a 2-step run's final evaluation takes.
+
+    python -m shared.bench_scale 10M 100M        # rows into bench/scale.json (make bench reads them back)
+    python -m shared.bench_scale 1B              # by hand, once: ~3 GB of JSONL, about an hour on 2 cores
+
+For each size a JSONL corpus is generated (shared/textgen.py: Chinese text from a character n-gram model of the
+bundled sets, 2,048-character documents) and `make train-phi3`'s data path runs on it in a fresh process with an
+empty `datasets` cache: load (Arrow, memory-mapped), render, split, the offline tokenizer (a BPE trained on the
+corpus), tokenise (worker processes) and pack. Peak memory is the resident set of that process and its workers
+together, sampled every 0.2 s. Then the same path again (everything cached: the second run of a user), and
+`train_phi3/train.py max_steps=2` on the corpus, whose log says how long the final evaluation took and on how many
+tokens (data.eval_max_tokens).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import REPO_ROOT
+
+RESULTS = REPO_ROOT / "bench" / "scale.json"
+DATA_PATH = """
+import json, sys, time
+from shared import train
+from shared.recipe import load_recipe
+t = time.perf_counter()
+data = train.load_data(load_recipe("recipes/phi3/pretrain.yaml", sys.argv[1:]))
+print("RESULT " + json.dumps({"seconds": time.perf_counter() - t, "train_blocks": len(data.train),
+      "eval_blocks": len(data.eval), "tokenizer": len(data.tokenizer), "split": data.facts()["data split"]}))
+"""
+
+
+def size(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGbB]?)", text).groups()
+    return int(float(number) * {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}[unit.lower()])
+
+
+def write_corpus(path: Path, chars: int) -> float:
+    from .textgen import NgramModel, bundled_chinese_texts
+
+    t = time.perf_counter()
+    model = NgramModel.from_texts(bundled_chinese_texts(), order=4)
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in model.generate(chars, seed=0):
+            f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+    return time.perf_counter() - t
+
+
+def run_measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(the finished process, seconds, peak resident set of it and its children in bytes)."""
+    import psutil
+
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    out, _ = proc.communicate()
+    done.set()
+    watcher.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, ""), time.perf_counter() - t, peak[0]
+
+
+def measure(chars: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="slm-scale-") as tmp:
+        tmp = Path(tmp)
+        corpus = tmp / "corpus.jsonl"
+        made = write_corpus(corpus, chars)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp / "datasets"),
+               "TOKENIZERS_PARALLELISM": "false"}
+        args = [f"data.path={corpus}", "data.template='{text}'", f"run.output_root={tmp / 'runs'}"]
+        row = {"characters": chars, "jsonl_bytes": corpus.stat().st_size, "generate_s": round(made, 1)}
+        for name in ("cold", "cached"):
+            proc, seconds, peak = run_measured([sys.executable, "-c", DATA_PATH, *args], env)
+            if proc.returncode != 0:
+                raise RuntimeError(f"data path failed at {chars:,} characters:\n{proc.stdout[-2000:]}")
+            result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+            row[name] = {"seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**30, 2),
+                         "train_blocks": result["train_blocks"], "eval_blocks": result["eval_blocks"]}
+            row["split"] = result["split"]
+        proc, seconds, peak = run_measured([sys.executable, "train_phi3/train.py", *args, "training.max_steps=2",
+                                            "training.eval_strategy=no", "training.save_strategy=no"], env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"2-step run failed at {chars:,} characters:\n{proc.stdout[-2000:]}")
+        log = (tmp / "runs/phi3/poetry/final/train_log.md").read_text(encoding="utf-8")
+        final = log.split("## Final evaluation", 1)[1]
+        row["two_steps"] = {"seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**30, 2),
+                            "eval_runtime_s": float(re.search(r"eval_runtime: ([\d.]+)", final).group(1)),
+                            "eval_scope": final.strip().splitlines()[0]}
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["`make train-phi3`'s data path (load, render, split, offline BPE tokenizer, tokenise, pack) on generated "
+             "Chinese JSONL, in a fresh process with an empty `datasets` cache (cold), then again (cached), then a "
+             "2-step training run whose final evaluation is bounded by `data.eval_max_tokens`. Peak memory: the "
+             "resident set of the process and its tokenising workers together.", "",
+             "| characters | JSONL | cold: seconds | cold: peak RSS | cached: seconds | cached: peak RSS | 2-step run: "
+             "seconds | its final evaluation | measured |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: r["characters"]):
+        lines.append(f"| {r['characters']:,} | {r['jsonl_bytes'] / 2**30:.2f} GiB | {r['cold']['seconds']:,} | "
+                     f"{r['cold']['peak_rss_gib']} GiB | {r['cached']['seconds']:,} | {r['cached']['peak_rss_gib']} GiB "
+                     f"| {r['two_steps']['seconds']:,} | {r['two_steps']['eval_runtime_s']:.1f} s | "
+                     f"{r.get('measured', '')} |")
+    if rows:
+        last = max(rows, key=lambda r: r["characters"])
+        lines += ["", f"At {last['characters']:,} characters: {last['split']}; the final evaluation: "
+                  f"{last['two_steps']['eval_scope']}"]
+    return "\n".join(lines)
+
+
+def bench_scale(quick: bool) -> dict:
+    """The bench section: measure the quick/full sizes now, keep rows measured by hand (1B) from bench/scale.json."""
+    from .bench import load_avg
+
+    sizes = (1_000_000, 10_000_000) if quick else (10_000_000, 100_000_000)
+    kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["characters"] not in sizes] \
+        if RESULTS.is_file() and not quick else []
+    rows = []
+    for chars in sizes:
+        la = load_avg()
+        print(f"scale: {chars:,} characters ...", flush=True)
+        rows.append({**measure(chars), "measured": f"make bench, load {la[0]}"})
+    return {"rows": kept + rows, "markdown": markdown(kept + rows)}
+
+
+def main(argv: list[str]) -> None:
+    from .bench import load_avg
+
+    rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
+    for text in argv or ["10M"]:
+        chars, la = size(text), load_avg()
+        row = {**measure(chars), "measured": f"`python -m shared.bench_scale {text}`, load {la[0]}, "
+                                             f"{time.strftime('%Y-%m-%d')}"}
+        rows = [r for r in rows if r["characters"] != chars] + [row]
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps({"rows": rows}, indent=1) + "\n", encoding="utf-8")
+        print(markdown([row]), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
