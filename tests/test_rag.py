@@ -251,4 +251,5 @@ def test_rag_script_builds_reuses_and_answers(tmp_path, kb):
     log = (final / "stage_log.md").read_text(encoding="utf-8")
     assert "## Retrieval recall@k" in log and "| combined **(recipe default)** | use |" in log
     n = len(questions.read_text(encoding="utf-8").splitlines())
-    assert "## Answers" in log and f"| `{model}` | **0.000 (0/{n})** |" in log  # a random model states no key
+    assert "## Answers" in log and f"| `{model}` **(the demo)** | quote | **" in log
+    assert f"| `{model}` | free | **0.000 (0/{n})** |" in log  # a random model writing freely states no key

@@ -72,7 +72,9 @@ def retrieval_section(recipe, index) -> str:
             + f"\n\n{table}")
 
 
-DEGENERATE = re.compile(r"(.)\1{5,}")  # one character six times in a row ("1000000..."): a runaway answer
+# one character six times in a row ("1000000..."): a runaway answer (U+FFFD, bytes that don't form a character,
+# stands for many different tokens, so it is not counted as one repeated character)
+DEGENERATE = re.compile("([^\ufffd])\\1{5,}")
 
 
 def score_answers(recipe, index, model_ref: str, mode: str) -> dict:

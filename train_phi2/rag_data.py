@@ -76,7 +76,8 @@ def main(argv):
     tokenizer, budget = load_tokenizer_and_budget(stage.final_of(s.tokenizer_from, "stage.tokenizer_from"),
                                                    demo.generation.get("max_new_tokens", 0))
     index = retrieval.index_stage(demo)
-    found = retrieval.retrievers(index.store, index.chunks, d.k + 6, d.weights)[d.retriever]
+    demo_retriever = retrieval.retrievers(index.store, index.chunks, d.k, d.weights)[d.retriever]  # what make rag uses
+    deeper = retrieval.retrievers(index.store, index.chunks, d.k + 6, d.weights)[d.retriever]  # for unanswerable ones
     by_doc: dict[str, list] = {}
     for chunk in index.chunks:
         by_doc.setdefault(chunk.metadata["doc_id"], []).append(chunk)
@@ -92,7 +93,7 @@ def main(argv):
             excluded += 1
             continue
         c = counts[q["source"]]
-        ranked = retrieval.retrieve(found, q["question"], d.k + 6)
+        ranked = retrieval.retrieve(deeper, q["question"], d.k + 6)
         holds = [ch for ch in ranked if retrieval.contains(ch.page_content, q["key"])]
         stating = [ch for doc in q["docs"] for ch in by_doc.get(doc, []) if retrieval.contains(ch.page_content, q["key"])]
         if not stating and not holds:
@@ -105,7 +106,7 @@ def main(argv):
                              "key": q["key"], "prompt": prompt, "completion": retrieval.NO_ANSWER + "。"})
             c["unanswerable"] += 1
             continue
-        context = ranked[:d.k]
+        context = retrieval.retrieve(demo_retriever, q["question"], d.k)  # (a deeper fusion ranks differently)
         prompt, kept = retrieval.fit_prompt(q["question"], context, d.template, d.instruction, tokenizer, budget)
         if not any(retrieval.contains(ch.page_content, q["key"]) for ch in kept):
             place = rng.randrange(len(kept)) if kept else 0
