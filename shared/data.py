@@ -350,8 +350,8 @@ def pack(texts: Dataset, tokenizer, block_size: int, name: str = "train", add_bo
     if total < block_size:
         raise UserError(f"{name} split has {total} tokens, fewer than data.block_size={block_size}; "
                         f"lower block_size or add data")
-    # groups of 10k documents: small corpora lose no tokens, large ones stay bounded in memory
-    return tokens.map(group, batched=True, batch_size=10_000, remove_columns=["length"],
+    # groups of 1,000 documents (each group's last partial block is dropped): a few MB of token lists at a time
+    return tokens.map(group, batched=True, batch_size=1_000, remove_columns=["length"],
                       desc=f"packing {name} into {block_size}-token blocks", new_fingerprint=key.hexdigest()[:32] + "p")
 
 
