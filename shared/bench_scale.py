@@ -55,7 +55,7 @@ def write_corpus(path: Path, chars: int) -> float:
 
 
 def run_measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
-    """(the finished process, seconds, peak resident set of it and its children in bytes)."""
+    """(the finished process, seconds, peak memory of it and its children in bytes: their PSS summed)."""
     import psutil
 
     t = time.perf_counter()
@@ -67,7 +67,7 @@ def run_measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess
         while not done.is_set():
             try:
                 procs = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs if p.is_running()))
+                peak[0] = max(peak[0], sum(p.memory_full_info().pss for p in procs if p.is_running()))
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -94,7 +94,7 @@ def measure(chars: int) -> dict:
             if proc.returncode != 0:
                 raise RuntimeError(f"data path failed at {chars:,} characters:\n{proc.stdout[-2000:]}")
             result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
-            row[name] = {"seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**30, 2),
+            row[name] = {"seconds": round(seconds, 1), "peak_pss_gib": round(peak / 2**30, 2),
                          "train_blocks": result["train_blocks"], "eval_blocks": result["eval_blocks"]}
             row["split"] = result["split"]
         proc, seconds, peak = run_measured([sys.executable, "train_phi3/train.py", *args, "training.max_steps=2",
@@ -103,7 +103,7 @@ def measure(chars: int) -> dict:
             raise RuntimeError(f"2-step run failed at {chars:,} characters:\n{proc.stdout[-2000:]}")
         log = (tmp / "runs/phi3/poetry/final/train_log.md").read_text(encoding="utf-8")
         final = log.split("## Final evaluation", 1)[1]
-        row["two_steps"] = {"seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**30, 2),
+        row["two_steps"] = {"seconds": round(seconds, 1), "peak_pss_gib": round(peak / 2**30, 2),
                             "eval_runtime_s": float(re.search(r"eval_runtime: ([\d.]+)", final).group(1)),
                             "eval_scope": final.strip().splitlines()[0]}
     return row
@@ -113,12 +113,12 @@ def markdown(rows: list[dict]) -> str:
     lines = ["`make train-phi3`'s data path (load, render, split, offline BPE tokenizer, tokenise, pack) on generated "
              "Chinese JSONL, in a fresh process with an empty `datasets` cache (cold), then again (cached), then a "
              "2-step training run whose final evaluation is bounded by `data.eval_max_tokens`. Peak memory: the "
-             "resident set of the process and its tokenising workers together.", "",
-             "| characters | JSONL | cold: seconds | cold: peak RSS | cached: seconds | cached: peak RSS | 2-step run: "
+             "proportional set size (PSS) of the process and its tokenising workers, summed.", "",
+             "| characters | JSONL | cold: seconds | cold: peak PSS | cached: seconds | cached: peak PSS | 2-step run: "
              "seconds | its final evaluation | measured |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: r["characters"]):
         lines.append(f"| {r['characters']:,} | {r['jsonl_bytes'] / 2**30:.2f} GiB | {r['cold']['seconds']:,} | "
-                     f"{r['cold']['peak_rss_gib']} GiB | {r['cached']['seconds']:,} | {r['cached']['peak_rss_gib']} GiB "
+                     f"{r['cold']['peak_pss_gib']} GiB | {r['cached']['seconds']:,} | {r['cached']['peak_pss_gib']} GiB "
                      f"| {r['two_steps']['seconds']:,} | {r['two_steps']['eval_runtime_s']:.1f} s | "
                      f"{r.get('measured', '')} |")
     if rows:
