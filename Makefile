@@ -89,10 +89,11 @@ export SLM_RUN      = $(value RUN)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast train-phi3 train-mixtral estimate generate data-card bench clean-runs chat \
-  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo phi2-rag-data phi2-rag-sft rag rag-eval bench-tokenizer nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt
+  phi2-clean phi2-tokenizer train-phi2 phi2-sft phi2-dpo-data phi2-dpo phi2-rag-data phi2-rag-sft rag rag-eval bench-tokenizer nanogpt-data nanogpt-finetune-data train-nanogpt finetune-nanogpt \
+  nanogpt-shakespeare-data train-nanogpt-shakespeare train-nanogpt-shakespeare-cpu
 
 help: ## list the targets
-	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PORT PUBLISH):"
+	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PORT PUBLISH DATA):"
 	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Set-up and tests
@@ -211,11 +212,24 @@ train-nanogpt: $(STAMP) | runs/nanogpt/data/$(DONE) ## pretrain our GPT on the b
 finetune-nanogpt: $(STAMP) | runs/nanogpt/pretrain/$(DONE) runs/nanogpt/finetune-data/$(DONE) ## finetune the pretrained GPT on conversations
 	$(call stage,train_nanogpt/train.py,recipes/nanogpt/finetune.yaml,train_nanogpt/finetune_log.md)
 
+nanogpt-shakespeare-data: $(STAMP) ## nanoGPT's shakespeare_char: a text file (DATA=input.txt; none: bundled English) -> char-level bins
+	$(PY) train_nanogpt/create_first_training_data.py $(or $(RECIPE),recipes/nanogpt/data-shakespeare-char.yaml) \
+	  $(if $(DATA),data.path=$(DATA)) $(OVERRIDES) $(call publish,train_nanogpt/shakespeare-char-data_log.md)
+
+train-nanogpt-shakespeare: $(STAMP) | runs/nanogpt/shakespeare-char-data/$(DONE) ## nanoGPT's shakespeare-char model, its GPU settings (6 x 6 x 384, block 256)
+	$(call stage,train_nanogpt/train.py,recipes/nanogpt/pretrain-shakespeare-char.yaml,train_nanogpt/shakespeare-char_log.md)
+
+train-nanogpt-shakespeare-cpu: $(STAMP) | runs/nanogpt/shakespeare-char-data/$(DONE) ## the same at nanoGPT's CPU settings (4 x 4 x 128, block 64, batch 12, 2,000 iterations)
+	$(call stage,train_nanogpt/train.py,recipes/nanogpt/pretrain-shakespeare-char-cpu.yaml,train_nanogpt/shakespeare-char-cpu_log.md)
+
 runs/nanogpt/data/$(DONE): | $(STAMP)
 	$(call chain,runs/nanogpt/data,train_nanogpt/create_first_training_data.py,nanogpt-data,recipes/nanogpt/data.yaml)
 
 runs/nanogpt/finetune-data/$(DONE): | $(STAMP)
 	$(call chain,runs/nanogpt/finetune-data,train_nanogpt/create_first_training_data.py,nanogpt-finetune-data,recipes/nanogpt/finetune-data.yaml,runs/nanogpt/data/$(DONE))
+
+runs/nanogpt/shakespeare-char-data/$(DONE): | $(STAMP)
+	$(call chain,runs/nanogpt/shakespeare-char-data,train_nanogpt/create_first_training_data.py,nanogpt-shakespeare-data,recipes/nanogpt/data-shakespeare-char.yaml $(if $(DATA),data.path=$(DATA)))
 
 runs/nanogpt/pretrain/$(DONE): | $(STAMP)
 	$(call chain,runs/nanogpt/pretrain,train_nanogpt/train.py,train-nanogpt,recipes/nanogpt/pretrain.yaml,runs/nanogpt/data/$(DONE))

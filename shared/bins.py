@@ -1,8 +1,10 @@
 """Token bins: a corpus tokenised once into flat `<split>.bin` arrays, read back as random windows (nanoGPT, MiniGLM).
 
 Writing: every document's ids + EOS are appended to `<split>.bin` (np.uint16 when the vocabulary fits, else
-np.uint32). Worker processes tokenise chunks of documents, read straight from the `datasets.Dataset`; the main
-process appends each chunk to the file as it comes back, in order, so memory holds a few chunks, never the corpus.
+np.uint32); `separator` replaces the EOS (e.g. a blank line for a char-level vocabulary, which has no EOS, or nothing
+for one text read whole, as nanoGPT's shakespeare_char writes it). Worker processes tokenise chunks of documents,
+read straight from the `datasets.Dataset`; the main process appends each chunk to the file as it comes back, in
+order, so memory holds a few chunks, never the corpus.
 Each file is written under a temporary name and renamed; `meta.json` (dtype, vocabulary size, token and document
 counts, tokenizer, sources, sha256 of the inputs and of each bin) is written last.
 
@@ -10,6 +12,8 @@ Reading: `read_bin` memory-maps a split with the dtype from meta.json and checks
 torch Dataset of `block_size + 1`-token windows whose start positions depend only on (seed, index), so a Trainer
 resumed from a checkpoint reads exactly the windows an uninterrupted run would (its sampler replays the same
 indices). The memmap is opened lazily in each process, so DataLoader workers can pickle the dataset cheaply.
+A DataLoader reads a whole batch through `__getitems__` (one gather from the memmap), and `stack_windows` is their
+collator: windows need no padding, so no pad token either.
 
 Each item is `input_ids = w[:-1]`, `shift_labels = w[1:]`, `labels = w[:-1]`. transformers' causal-LM loss
 (`ForCausalLMLoss`) uses `shift_labels` as the targets when it is given, so all `block_size` positions are trained,
@@ -45,24 +49,25 @@ def dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2 ** 16 else np.uint32)
 
 
-_worker: dict = {}  # what each tokenising process reads: the splits, the tokenizer, eos, dtype
+_worker: dict = {}  # what each tokenising process reads: the splits, the tokenizer, separator, dtype
 
 
-def _init_worker(splits, tokenizer, text_column: str, eos: int, dtype: np.dtype) -> None:
-    _worker.update(splits=splits, tokenizer=tokenizer, column=text_column, eos=eos, dtype=dtype)
+def _init_worker(splits, tokenizer, text_column: str, separator: list[int], dtype: np.dtype) -> None:
+    _worker.update(splits=splits, tokenizer=tokenizer, column=text_column, sep=separator, dtype=dtype)
 
 
 def _encode(split: str, start: int, stop: int) -> np.ndarray:
-    """Documents [start, stop) of a split -> one flat array of their ids, each document followed by EOS."""
+    """Documents [start, stop) of a split -> one flat array of their ids, each document followed by the separator."""
     w = _worker
     texts = w["splits"][split][start:stop][w["column"]]
     ids = w["tokenizer"](texts, add_special_tokens=False)["input_ids"]
-    out = np.empty(sum(len(x) + 1 for x in ids), dtype=np.int64)
+    sep = w["sep"]
+    out = np.empty(sum(len(x) + len(sep) for x in ids), dtype=np.int64)
     at = 0
     for x in ids:
         out[at:at + len(x)] = x
-        out[at + len(x)] = w["eos"]
-        at += len(x) + 1
+        out[at + len(x):at + len(x) + len(sep)] = sep
+        at += len(x) + len(sep)
     if len(out) and (out.min() < 0 or out.max() >= np.iinfo(w["dtype"]).max + 1):
         raise UserError(f"{split}: token id {out.max()} does not fit {w['dtype'].name}; the tokenizer's ids exceed "
                         f"its vocabulary size")
@@ -71,27 +76,28 @@ def _encode(split: str, start: int, stop: int) -> np.ndarray:
 
 def write_bins(out_dir: str | Path, splits: dict, tokenizer, *, text_column: str = "text",
                num_proc: int | None = None, tokenizer_source: str = "", sources: list[dict] | None = None,
-               extra: dict | None = None) -> dict:
+               extra: dict | None = None, separator: list[int] | None = None) -> dict:
     """Tokenise each split (a `datasets.Dataset` with a text column) into `out_dir/<split>.bin` + `meta.json`.
 
     `sources`: what the texts came from, e.g. [{"source": ..., "sha256": ..., "records": ...}] (recorded as given).
-    `num_proc`: tokenising processes (default: the CPU count, at most 8; 1 = in this process). Returns meta.json's
-    contents.
+    `num_proc`: tokenising processes (default: the CPU count, at most 8; 1 = in this process). `separator`: the ids
+    written after each document (default: [EOS]; [] writes the documents back to back). Returns meta.json's contents.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     eos = tokenizer.eos_token_id
-    if eos is None:
+    if separator is None and eos is None:
         raise UserError("the tokenizer has no eos_token; token bins need one to separate documents")
+    separator = [eos] if separator is None else list(separator)
     vocab_size = len(tokenizer)
     dtype = dtype_for(max(vocab_size, max(tokenizer.get_vocab().values()) + 1))
     num_proc = num_proc or min(os.cpu_count() or 1, 8)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers are the parallelism; no fork warnings
-    meta = {"dtype": dtype.name, "vocab_size": vocab_size, "eos_token_id": eos,
+    meta = {"dtype": dtype.name, "vocab_size": vocab_size, "eos_token_id": eos, "separator": separator,
             "tokenizer": {"name": tokenizer.name_or_path, "source": tokenizer_source or tokenizer.name_or_path},
             "splits": {}, "sources": sources or [], **(extra or {})}
 
-    init = (splits, tokenizer, text_column, eos, dtype)
+    init = (splits, tokenizer, text_column, separator, dtype)
     pool = multiprocessing.get_context("fork").Pool(num_proc, _init_worker, init) if num_proc > 1 else None
     if pool is None:
         _init_worker(*init)
@@ -215,5 +221,22 @@ class BinWindows(torch.utils.data.Dataset):
         w = torch.from_numpy(self.window(index))
         return {"input_ids": w[:-1], "labels": w[:-1].clone(), "shift_labels": w[1:].clone()}
 
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A batch's windows in one gather from the memmap (what a DataLoader calls instead of __getitem__ per index;
+        the same windows). The items are views of that one array: a collator that stacks them copies them anyway."""
+        if any(not 0 <= i < self.num_windows for i in indices):
+            raise IndexError(next(i for i in indices if not 0 <= i < self.num_windows))
+        if self._data is None:
+            self._data = read_bin(self.path)
+        starts = np.fromiter((self.start(i) for i in indices), dtype=np.int64, count=len(indices))
+        w = torch.from_numpy(self._data[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
+        return [{"input_ids": row[:-1], "labels": row[:-1], "shift_labels": row[1:]} for row in w]
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_data": None}  # never pickle the memmap (it would copy the whole file)
+
+
+def stack_windows(items: list[dict]) -> dict:
+    """The collator for windows: they all have block_size tokens, so a batch is each key stacked (nothing to pad,
+    so no pad token is needed, unlike the Trainer's default DataCollatorWithPadding)."""
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}

@@ -107,6 +107,35 @@ def load_tokenizer_and_budget(path: Path, max_new_tokens: int | None):
     return tok, prompt_budget(config, max_new_tokens)
 
 
+def check_prompts(preset: dict, tokenizer, where: str = "generation.prompts", context: int | None = None) -> None:
+    """Every preset prompt must encode and fit the context (checked before a run trains, so its samples can't fail
+    after it): one line naming the prompt and the character the tokenizer can't encode (a char-level vocabulary
+    has no [UNK]). A prompt that only becomes [UNK] still works; it is said, not refused."""
+    for i, prompt in enumerate(preset.get("prompts") or []):
+        try:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        except Exception:  # tokenizers' own error names no character
+            bad = next((c for c in prompt if not _encodes(tokenizer, c)), None)
+            raise UserError(f"{where}: generation.prompts[{i}] {prompt!r} has {bad!r}, which the tokenizer cannot "
+                            f"encode (not among its {len(tokenizer)} tokens); change the prompt or the tokenizer's "
+                            f"corpus") from None
+        if context is not None and len(ids) >= context:
+            raise UserError(f"{where}: generation.prompts[{i}] is {len(ids)} tokens, the model's context is "
+                            f"{context}; shorten the prompt")
+        unk = tokenizer.unk_token_id
+        if unk is not None and unk in ids and tokenizer.unk_token not in prompt:
+            print(f"note: {where}: generation.prompts[{i}] {prompt!r} has characters the tokenizer reads as "
+                  f"{tokenizer.unk_token}", flush=True)
+
+
+def _encodes(tokenizer, text: str) -> bool:
+    try:
+        tokenizer(text, add_special_tokens=False)
+        return True
+    except Exception:
+        return False
+
+
 def generation_config(preset: dict, tokenizer, where: str = "generation preset") -> GenerationConfig:
     """The preset (prompts aside) as a GenerationConfig with the tokenizer's special ids; bad values: one line."""
     check_generation_keys(preset, where)
@@ -276,7 +305,8 @@ def samples_markdown(model, tokenizer, preset: dict, seed: int = 0) -> str:
     blocks = []
     for prompt in preset.get("prompts", []):
         text = generate(model, tokenizer, prompt, preset)
-        blocks.append(f"**{prompt}**\n\n```text\n{text.strip()}\n```")
+        label = prompt if prompt.strip() else repr(prompt)  # nanoGPT's start "\n" shown as '\n', not a blank
+        blocks.append(f"**{label}**\n\n```text\n{text.strip()}\n```")
     return "\n\n".join(blocks) or "(the preset has no prompts)"
 
 

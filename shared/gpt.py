@@ -158,6 +158,14 @@ class GPTPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
+    def train(self, mode: bool = True):
+        """nn.Module.train, with nothing to do when every module already is in that mode: the Trainer calls
+        model.train() before every step, and setting each module's flag again costs ~0.2 ms (0.4% of a
+        shakespeare-char CPU step)."""
+        if isinstance(mode, bool) and all(m.training == mode for m in self.modules()):
+            return self
+        return super().train(mode)
+
     def num_parameters_nanogpt(self, non_embedding: bool = True) -> int:
         """nanoGPT's `get_num_params`: unique parameters (the tied head counts once), minus wpe by default."""
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared (tied) tensor once

@@ -218,6 +218,28 @@ def wrap(tk, special_tokens: list[str], model_max_length: int) -> PreTrainedToke
                                    clean_up_tokenization_spaces=False, **roles)
 
 
+def char_tokenizer(texts, special_tokens: list[str] = ()) -> PreTrainedTokenizerFast:
+    """nanoGPT's shakespeare_char vocabulary: one token per distinct character of `texts` (an iterable of strings,
+    read once), ids in sorted order (its `stoi`), then `special_tokens` (e.g. chat markers). Nothing is normalised
+    and nothing is added: no [UNK], no EOS, no padding, so a character the corpus lacks cannot be encoded (encoding
+    raises; `generate.check_prompts` names the character before a run starts)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    if not chars:
+        raise UserError("char-level tokenizer: the corpus has no characters")
+    # WordLevel needs an unk token's name; it is not in the vocabulary, so an unseen character is an error, not [UNK]
+    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(sorted(chars))}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(ANY_CHAR), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, clean_up_tokenization_spaces=False)
+    if special_tokens:
+        tok.add_special_tokens({"additional_special_tokens": list(special_tokens)})
+    return tok
+
+
 def round_trips(tok, text: str) -> bool:
     return tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 

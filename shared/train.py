@@ -232,7 +232,12 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
 
     `trainer_cls`: a subclass of the recipe's trainer kind (e.g. MoETrainer); `extra_sections(model)`: more log
     sections after training. Samples come from the recipe's generation preset (`generation.prompts`)."""
+    from .generate import check_prompts
+
     run_dir, kind = recipe.run_dir, recipe.trainer
+    # the samples come after training: a prompt that can't be encoded must stop the run before it, not after
+    check_prompts(recipe.generation, data.tokenizer, recipe.where("generation.prompts"),
+                  models.context_length(model.config))
     args = args or training_arguments(recipe)
     if data.eval is None:
         args.eval_strategy = IntervalStrategy.NO
@@ -258,11 +263,12 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
     kwargs: dict = {}
     if isinstance(data.train, bins.BinWindows):  # windows carry their own labels (shift_labels: all block_size
         args.remove_unused_columns = False  # targets of a block_size + 1 window, as nanoGPT trains)
+        kwargs["data_collator"] = bins.stack_windows  # fixed length: stacked, never padded (no pad token needed)
     elif kind == "lm":
         kwargs["data_collator"] = DataCollatorForLanguageModeling(data.tokenizer, mlm=False)
     if kind == "dpo" and not getattr(args, "precompute_ref_log_probs", False):
         kwargs["ref_model"] = frozen_copy(model)  # the reference: the starting model, frozen
-    trainer = (trainer_cls or trainer_class(kind))(
+    trainer = lean_steps(trainer_cls or trainer_class(kind))(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval_during,
         processing_class=data.tokenizer,
         callbacks=[NonFiniteLossGuard(), CompleteMarker(), runlog, StopIfFinished(), *(callbacks or [])],  # guard first
@@ -281,13 +287,14 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
     sync = ranks_in_sync(trainer)
     if sync:
         runlog.facts["ranks in sync"] = sync
-    # every rank runs these: under ZeRO-3 each forward pass gathers the sharded weights collectively
-    for heading, body in (extra_sections(trainer.model) if extra_sections else []):
-        runlog.add_section(heading, body)
+    # every rank runs these: under ZeRO-3 each forward pass gathers the sharded weights collectively. Neither can
+    # lose the trained model: a failure is recorded in the log and final/ is saved all the same.
+    add_sections(runlog, "Extra sections", lambda: extra_sections(trainer.model) if extra_sections else [])
     if recipe.generation.get("prompts"):
         trainer.model.eval()
-        runlog.add_section("Samples (the model's generation preset)",
-                           samples_markdown(trainer.model, data.tokenizer, recipe.generation))
+        heading = "Samples (the model's generation preset)"
+        add_sections(runlog, heading, lambda: [(heading, samples_markdown(trainer.model, data.tokenizer,
+                                                                          recipe.generation))])
     runlog.add_section("Resolved recipe", f"```yaml\n{recipe.to_yaml()}```")
     with disk_full_is_a_user_error(run_dir):
         final = save_final(trainer, data.tokenizer, recipe, runlog, title)
@@ -296,6 +303,19 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
         if publish_log:
             publish(final / "train_log.md", publish_log)
     return trainer
+
+
+def add_sections(runlog: RunLog, heading: str, make: Callable[[], list[tuple[str, str]]]) -> None:
+    """Add the (heading, body) sections `make()` returns to the log; if it fails, a section saying so instead (the
+    finished model is saved either way)."""
+    try:
+        sections = make()
+    except Exception as e:
+        what = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+        print(f"warning: {heading.lower()} failed after training ({what}); final/ is saved without them", flush=True)
+        sections = [(heading, f"**Failed after training** ({what}); the model was saved without this section.")]
+    for title, body in sections:
+        runlog.add_section(title, body)
 
 
 def final_metrics(trainer: Trainer, data: Data, kind: str, runlog: RunLog) -> None:
@@ -313,6 +333,40 @@ def final_metrics(trainer: Trainer, data: Data, kind: str, runlog: RunLog) -> No
     runlog.add_section("Final evaluation", f"On {scope}" + (", answer tokens only" if kind == "sft" else "") + ":\n\n"
                        + "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
                                    for k, v in metrics.items()))
+
+
+class LeanSteps:
+    """Two per-step costs of the Trainer that a small model notices (nanoGPT's shakespeare-char CPU run: ~0.6 ms of a
+    ~45 ms step; bench/results.md, section 3), removed without changing what is computed:
+    - FLOPs are counted every step from `num_parameters(exclude_embeddings=True)`, which walks every module: the
+      FLOPs per input token are taken once and reused (the model doesn't change shape while it trains);
+    - gradient clipping goes through accelerate's DTensor-aware path (a pass over the parameters, version checks):
+      a single process without a gradient scaler gets torch's `clip_grad_norm_` directly, the same arithmetic.
+    Mixed in by `lean_steps()` ahead of any trainer class (Trainer, SFTTrainer, DPOTrainer, MoETrainer, ...)."""
+
+    _flops_per_token: float | None = None
+
+    def floating_point_ops(self, inputs: dict) -> float:
+        ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+        if not isinstance(ids, torch.Tensor) or not ids.numel():
+            return super().floating_point_ops(inputs)
+        if self._flops_per_token is None:
+            self._flops_per_token = super().floating_point_ops(inputs) / ids.numel()
+        return self._flops_per_token * ids.numel()
+
+    def _clip_grad_norm(self, model):
+        acc = self.accelerator
+        if acc.distributed_type != "NO" or acc.scaler is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._clip_grad_norm(model)
+        return torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
+                                              self.args.max_grad_norm)
+
+
+def lean_steps(cls: type) -> type:
+    """`cls` with LeanSteps mixed in first (same name, so logs and errors read as before)."""
+    if issubclass(cls, LeanSteps):
+        return cls
+    return type(cls.__name__, (LeanSteps, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__})
 
 
 class NoDecayOnEmbeddingsTrainer(Trainer):

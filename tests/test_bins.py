@@ -195,3 +195,26 @@ def test_shift_labels_train_every_position_of_the_window(built):
     fallback = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss  # shift_labels dropped: 15, still right
     assert torch.allclose(fallback, torch.nn.functional.cross_entropy(
         out.logits[:, :-1].reshape(-1, 400), batch["shift_labels"][:, :-1].reshape(-1)))
+
+
+def test_a_separator_replaces_eos_between_documents(tok, tmp_path):
+    splits = {"train": Dataset.from_dict({"text": ["ab", "cd"]})}
+    sep = tok("\n\n", add_special_tokens=False)["input_ids"]
+    meta = bins.write_bins(tmp_path / "blank", splits, tok, num_proc=1, separator=sep)
+    assert tok.decode(bins.read_bin(tmp_path / "blank" / "train.bin").tolist()) == "ab\n\ncd\n\n"
+    assert meta["separator"] == sep and meta["eos_token_id"] == tok.eos_token_id
+    bins.write_bins(tmp_path / "none", splits, tok, num_proc=1, separator=[])  # back to back: nanoGPT's one text
+    assert tok.decode(bins.read_bin(tmp_path / "none" / "train.bin").tolist()) == "abcd"
+
+
+def test_batched_reads_give_the_same_windows_and_stack_without_padding(built):
+    w = bins.BinWindows(built[0] / "train.bin", 16, num_windows=40, seed=5)
+    picks = [3, 39, 0, 3, 17]
+    one_by_one = bins.stack_windows([w[i] for i in picks])
+    batched = bins.stack_windows(w.__getitems__(picks))  # what the DataLoader calls
+    assert one_by_one.keys() == batched.keys() == {"input_ids", "labels", "shift_labels"}
+    assert all(torch.equal(one_by_one[k], batched[k]) and batched[k].shape == (5, 16) for k in batched)
+    loader = torch.utils.data.DataLoader(w, batch_size=8, collate_fn=bins.stack_windows)
+    assert torch.equal(torch.cat([b["shift_labels"] for b in loader]), torch.stack([w[i]["shift_labels"] for i in range(40)]))
+    with pytest.raises(IndexError):
+        w.__getitems__([1, 40])

@@ -128,3 +128,90 @@ def test_a_wrong_source_key_names_the_source_and_the_key(tmp_path):
                                         r"\(did you mean 'prompt'\?\)$"):
         main([f"run.output_root={tmp_path}", "stage.sources=[{hub: a/b, promt: q, response: a}]"])
     assert not (tmp_path / "nanogpt").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# plain text + a char-level vocabulary: nanoGPT's shakespeare_char through the same stage
+
+CHAR_RECIPE = "recipes/nanogpt/data-shakespeare-char.yaml"
+PLAY = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n") * 20
+
+
+def test_char_tokenizer_vocabulary_is_exactly_the_corpus_characters():
+    from shared.tokenizer import char_tokenizer
+
+    tok = char_tokenizer([PLAY[:300], PLAY[300:]])
+    chars = sorted(set(PLAY))
+    assert tok.get_vocab() == {c: i for i, c in enumerate(chars)}  # nanoGPT's stoi: sorted characters, ids 0..n-1
+    assert len(tok) == len(chars) and tok.eos_token is None and tok.unk_token is None and tok.pad_token is None
+    ids = tok(PLAY, add_special_tokens=False)["input_ids"]
+    assert ids == [chars.index(c) for c in PLAY] and tok.decode(ids) == PLAY  # exact round trip, spaces and newlines
+    with pytest.raises(Exception, match="UNK"):  # no [UNK]: an unseen character can't be encoded
+        tok("ñ", add_special_tokens=False)
+    marked = char_tokenizer([PLAY], ["<user>"])
+    assert marked.convert_tokens_to_ids("<user>") == len(chars)
+    assert marked("<user>All:", add_special_tokens=False)["input_ids"][0] == len(chars)
+
+
+def test_a_text_file_read_whole_gives_nanoGPTs_shakespeare_char_bins(tmp_path):
+    from transformers import AutoTokenizer
+
+    (tmp_path / "input.txt").write_text(PLAY, encoding="utf-8")
+    main([CHAR_RECIPE, f"data.path={tmp_path / 'input.txt'}", f"run.output_root={tmp_path}"])
+    final = tmp_path / "nanogpt" / "shakespeare-char-data" / "final"
+    meta = json.loads((final / "meta.json").read_text())
+    chars = sorted(set(PLAY))
+    stoi = {c: i for i, c in enumerate(chars)}
+    n = len(PLAY)  # nanoGPT's prepare.py: data[:int(n * 0.9)] trains, data[int(n * 0.9):] validates
+    for name, part in (("train", PLAY[:int(n * 0.9)]), ("val", PLAY[int(n * 0.9):])):
+        ids = bins.read_bin(final / f"{name}.bin")
+        assert ids.dtype == np.uint16 and ids.tolist() == [stoi[c] for c in part]  # nothing between documents
+    assert meta["vocab_size"] == len(chars) and meta["separator"] == [] and meta["char_level"]
+    tok = AutoTokenizer.from_pretrained(str(final))  # the pretrain recipe loads it from here
+    assert len(tok) == len(chars) and tok.decode(bins.read_bin(final / "val.bin").tolist()) == PLAY[int(n * 0.9):]
+    log = (final / "stage_log.md").read_text()
+    assert "**between documents**: nothing" in log and f"input.txt | 1 | 1 |" in log and "FALLBACK" not in log
+
+
+def test_no_file_given_stands_in_with_the_bundled_english_text_loudly(capsys):
+    recipe = load_recipe(CHAR_RECIPE, stage=DataStageArgs)
+    texts, report = load_sources(recipe)
+    assert "DATA FALLBACK: using data/english/alpaca.jsonl instead of your text file (DATA=)" in capsys.readouterr().out
+    assert report[0]["fallback"] and "no file given" in report[0]["reason"] and len(texts) == 160
+    assert texts[0]["text"].startswith("Why is the sky blue on a clear day?\n\nSunlight")  # instruction + output
+    assert not any(texts["whole"])
+
+
+def test_text_layout_paragraphs_columns_and_the_split(tmp_path):
+    from train_nanogpt.create_first_training_data import split
+
+    (tmp_path / "p.txt").write_text("one para\nstill one\n\n\ntwo\n\nthree  \n", encoding="utf-8")
+    recipe = load_recipe(CHAR_RECIPE, [f"data.path={tmp_path / 'p.txt'}", "stage.sources=[{path: x, text: paragraphs}]"],
+                         stage=DataStageArgs)
+    texts, _ = load_sources(recipe)
+    assert texts["text"] == ["one para\nstill one", "two", "three"] and not any(texts["whole"])
+    train, val = split(texts, 0.34, 1)
+    assert sorted([*train["text"], *val["text"]]) == sorted(texts["text"]) and len(val) == 1  # shuffled documents
+    src = parse_source({"path": "x.jsonl", "text": ["title", "body"]}, "t")
+    out = to_chat(Dataset.from_list([{"title": "A", "body": "b c "}, {"title": "", "body": "d"},
+                                     {"title": None, "body": " "}]), src, "t")
+    assert out["text"] == ["A\n\nb c", "d"]  # columns joined by a blank line, empty records dropped
+    mixed = Dataset.from_dict({"text": ["abcdefghij", "doc1", "doc2", "doc3"], "source": ["s"] * 4,
+                               "whole": [True, False, False, False]})
+    train, val = split(mixed, 0.3, 1)
+    assert "abcdefg" in train["text"] and "hij" in val["text"] and len(train) == 3 and len(val) == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage.sources=[{path: data/english/alpaca.jsonl, text: whole}]"],
+     r"'text: whole' reads a .txt file; data/english/alpaca.jsonl is not one: name its text column"),
+    (["tokenizer.name=gpt2"], r"stage.char_level builds the tokenizer from the texts; remove tokenizer.name \(gpt2\)"),
+    (["stage.sources=[{path: a.txt, text: whole}, {path: b.txt, text: whole}]", "data.path=c.txt"],
+     r"data.path \(DATA=\) replaces the file of a one-source recipe; this one has 2 sources"),
+    (["stage.sources=[{path: a.txt, text: whole, turns: m}]"], r"exactly one layout: .*\(got turns, text\)"),
+])
+def test_text_layout_mistakes_are_one_line_errors(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message) as e:
+        main([CHAR_RECIPE, f"run.output_root={tmp_path}", *overrides])
+    assert "\n" not in str(e.value)
