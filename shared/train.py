@@ -336,15 +336,19 @@ def final_metrics(trainer: Trainer, data: Data, kind: str, runlog: RunLog) -> No
 
 
 class LeanSteps:
-    """Two per-step costs of the Trainer that a small model notices (nanoGPT's shakespeare-char CPU run: ~0.6 ms of a
-    ~45 ms step; bench/results.md, section 3), removed without changing what is computed:
+    """Per-step costs of the Trainer that a small model notices (nanoGPT's shakespeare-char CPU run: ~1.5 ms of a
+    ~50 ms step, profiled; bench/results.md, section 3), removed without changing what is computed:
     - FLOPs are counted every step from `num_parameters(exclude_embeddings=True)`, which walks every module: the
       FLOPs per input token are taken once and reused (the model doesn't change shape while it trains);
-    - gradient clipping goes through accelerate's DTensor-aware path (a pass over the parameters, version checks):
-      a single process without a gradient scaler gets torch's `clip_grad_norm_` directly, the same arithmetic.
+    - gradient clipping goes through accelerate's DTensor-aware path (a pass over the modules, version checks):
+      a single process without a gradient scaler gets torch's `clip_grad_norm_` directly, the same arithmetic, on
+      the trainable parameters listed once;
+    - accelerate's optimizer step asks `is_lomo_available()` twice per step, each a search of sys.path on disk: the
+      answer is cached (`cache_package_checks`).
     Mixed in by `lean_steps()` ahead of any trainer class (Trainer, SFTTrainer, DPOTrainer, MoETrainer, ...)."""
 
     _flops_per_token: float | None = None
+    _clip_params: list | None = None
 
     def floating_point_ops(self, inputs: dict) -> float:
         ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
@@ -358,12 +362,28 @@ class LeanSteps:
         acc = self.accelerator
         if acc.distributed_type != "NO" or acc.scaler is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._clip_grad_norm(model)
-        return torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
-                                              self.args.max_grad_norm)
+        if self._clip_params is None:
+            self._clip_params = [p for p in model.parameters() if p.requires_grad]
+        return torch.nn.utils.clip_grad_norm_(self._clip_params, self.args.max_grad_norm)  # skips grad-less ones
+
+
+def cache_package_checks() -> None:
+    """accelerate looks for the `lomo_optim` package on disk at every optimizer step (`is_lomo_available`, in
+    accelerate.optimizer and accelerate.accelerator): the installed packages don't change while a run trains."""
+    import functools
+
+    import accelerate.accelerator
+    import accelerate.optimizer
+
+    for module in (accelerate.optimizer, accelerate.accelerator):
+        check = getattr(module, "is_lomo_available", None)
+        if check is not None and not hasattr(check, "cache_info"):
+            module.is_lomo_available = functools.cache(check)
 
 
 def lean_steps(cls: type) -> type:
     """`cls` with LeanSteps mixed in first (same name, so logs and errors read as before)."""
+    cache_package_checks()
     if issubclass(cls, LeanSteps):
         return cls
     return type(cls.__name__, (LeanSteps, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__})
