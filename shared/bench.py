@@ -34,7 +34,8 @@ import torch
 from .errors import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "router", "bins", "serving", "throughput")
+SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "router", "bins", "serving", "scale",
+            "throughput")
 
 
 def load_avg() -> list[float]:
@@ -1058,6 +1059,8 @@ TITLES = {"packing": "1. Packing vs padding (useful tokens/s; goal: packing >= 3
           "router": "5b. Router health: load-balancing settings (the same Mixtral, data and budget)",
           "bins": "6. Token bins with parallel workers; tokenizer training at scale",
           "serving": "7. Serving (make serve): requests/s and time to first token, 1 and 8 clients",
+          "scale": "8. Scale: the main job's data path at 10M / 100M / 1B characters (goals: 1B in <= 4 GB peak, "
+                   "a 2-step run's final evaluation < 5 min)",
           "throughput": "Training throughput and peak memory per recipe"}
 
 
@@ -1101,6 +1104,9 @@ def main(argv: list[str]) -> None:
             r = bench_shakespeare(args.quick, out)
         elif name == "throughput":
             r = throughput_section(groups, args.quick)
+        elif name == "scale":  # its own module: it measures in subprocesses, and 1B runs by hand (an hour)
+            from .bench_scale import bench_scale
+            r = bench_scale(args.quick)
         else:
             r = globals()[f"bench_{name}"](args.quick)
         r["seconds"] = round(time.perf_counter() - t, 1)

@@ -7,8 +7,9 @@
 For each size a JSONL corpus is generated (shared/textgen.py: Chinese text from a character n-gram model of the
 bundled sets, 2,048-character documents) and `make train-phi3`'s data path runs on it in a fresh process with an
 empty `datasets` cache: load (Arrow, memory-mapped), render, split, the offline tokenizer (a BPE trained on the
-corpus), tokenise (worker processes) and pack. Peak memory is the resident set of that process and its workers
-together, sampled every 0.2 s. Then the same path again (everything cached: the second run of a user), and
+corpus), tokenise (worker processes) and pack. Peak memory is the proportional set size (PSS) of that process and
+its workers summed, sampled every 0.2 s (PSS, not RSS: forked workers share their parent's pages, which a sum of
+resident sets would count once per worker). Then the same path again (everything cached: the second run of a user), and
 `train_phi3/train.py max_steps=2` on the corpus, whose log says how long the final evaluation took and on how many
 tokens (data.eval_max_tokens).
 """
