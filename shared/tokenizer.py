@@ -144,7 +144,7 @@ class TokenizerTraining:
     min_frequency: int = 100  # bpe: fewest occurrences of a pair to merge; char: of a character to keep
     max_cjk_chars: int = 2  # bpe: Chinese runs are cut into pieces this long (0 = uncut: > 32 GB at 100M chars)
     nfkc: bool = True  # char: NFKC-normalise (full-width punctuation then round-trips through added tokens)
-    special_tokens: list = field(default_factory=lambda: ["[PAD]", "[EOS]", "[SEP]", "[BOS]", "[UNK]"])
+    special_tokens: list[str] = field(default_factory=lambda: ["[PAD]", "[EOS]", "[SEP]", "[BOS]", "[UNK]"])
     model_max_length: int = 512
     max_chars: int | None = None  # read at most this many characters (quick runs); None = all
     heldout_every: int = 100  # every Nth record is kept out of training for tokens/character ...
