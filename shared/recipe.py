@@ -80,7 +80,7 @@ class DataArgs:
     fallback_template: str | None = None  # the fallback's own layout, when it differs from the Hub dataset's
     columns: dict[str, str] = field(default_factory=dict)  # template field -> column of the source
     template: str = "{text}"  # how one record becomes one training text (trainer: lm)
-    templates: dict[str, str] = field(default_factory=dict)  # sft: {prompt, completion}; dpo: {prompt, chosen, rejected}
+    templates: dict[str, str] = field(default_factory=dict)  # sft {prompt, completion}, dpo {prompt, chosen, rejected}
     validation_fraction: float = 0.1
     block_size: int = 256  # tokens per training sequence
     add_bos: bool = False  # start every document with the tokenizer's BOS (every document always ends with EOS)

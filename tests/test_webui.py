@@ -133,7 +133,8 @@ def browser_ask(url: str, question: str, screenshot: Path, served_answer, timeou
     try:
         def devtools_port():  # Chromium writes its port into the profile once DevTools listens
             if proc.poll() is not None:
-                raise AssertionError(f"chromium exited {proc.returncode}: {(profile / 'stderr.txt').read_text()[-500:]}")
+                said = (profile / "stderr.txt").read_text()[-500:]
+                raise AssertionError(f"chromium exited {proc.returncode}: {said}")
             active = profile / "DevToolsActivePort"
             return active.is_file() and active.read_text().split("\n")[0].strip()
 
