@@ -47,9 +47,14 @@ else
 $(error LAUNCHER must be torchrun, accelerate or deepspeed, got '$(LAUNCHER)')
 endif
 # the make targets publish each stage's reference log into its model folder (train_log.md for a model's main stage,
-# <stage>_log.md for the others); PUBLISH=no for scratch runs. A RECIPE= run never publishes.
-PUBLISH     ?= yes
-publish = $(if $(and $(filter yes,$(PUBLISH)),$(if $(RECIPE),,yes)),--publish-log $(1))
+# <stage>_log.md for the others), but only from the run it documents: the stage's recipe without overrides. A run
+# with RUN=, ARGS=, EPOCHS=... keeps its log in its run folder (the script decides, so direct calls are safe too);
+# PUBLISH=yes publishes such a run anyway, PUBLISH=no never publishes. A RECIPE= run never publishes.
+PUBLISH     ?= auto
+ifeq ($(filter auto yes no,$(PUBLISH)),)
+$(error PUBLISH must be auto, yes or no, got '$(PUBLISH)')
+endif
+publish = $(if $(or $(filter no,$(PUBLISH)),$(RECIPE)),,--publish-log $(1)$(if $(filter yes,$(PUBLISH)), --publish-anyway))
 # $(call stage,<script>,<default recipe>,<published log>): one stage, under the chosen launcher, with the overrides
 stage = $(LAUNCH) $(1) $(or $(RECIPE),$(2)) $(OVERRIDES) $(call publish,$(3))
 # A stage's completed output is <run>/final/stage.json (written last). Later stages depend on it as a file target

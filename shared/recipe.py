@@ -66,7 +66,7 @@ class TokenizerArgs:
     fallback: str = "bpe"  # "bpe": train a byte-level BPE on the run's corpus when `name` can't load; "none": fail
     vocab_size: int = 8000  # size of the fallback tokenizer
     min_frequency: int = 1  # 1: every character of a small corpus gets its token (vocab_size still caps merges)
-    special_tokens: list = field(default_factory=list)  # extra special tokens (e.g. <user>, <end>): never split
+    special_tokens: list[str] = field(default_factory=list)  # extra special tokens (e.g. <user>, <end>): never split
 
 
 @dataclass
@@ -78,9 +78,9 @@ class DataArgs:
     bins: str | None = None  # a token-bin stage's output (train.bin/val.bin/meta.json): random windows instead
     fallback: str | None = None  # bundled local data used when the Hub dataset can't be loaded
     fallback_template: str | None = None  # the fallback's own layout, when it differs from the Hub dataset's
-    columns: dict = field(default_factory=dict)  # template field -> column of the source
+    columns: dict[str, str] = field(default_factory=dict)  # template field -> column of the source
     template: str = "{text}"  # how one record becomes one training text (trainer: lm)
-    templates: dict = field(default_factory=dict)  # sft: {prompt, completion}; dpo: {prompt, chosen, rejected}
+    templates: dict[str, str] = field(default_factory=dict)  # sft {prompt, completion}, dpo {prompt, chosen, rejected}
     validation_fraction: float = 0.1
     block_size: int = 256  # tokens per training sequence
     add_bos: bool = False  # start every document with the tokenizer's BOS (every document always ends with EOS)
@@ -223,11 +223,28 @@ def _accepts(tp: Any, value: Any) -> bool:
         return isinstance(value, str)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return isinstance(value, str) and value in {m.value for m in tp}
+    if origin is list and len(typing.get_args(tp)) == 1:  # list[str]: every item too
+        return isinstance(value, (list, tuple)) and all(_accepts(typing.get_args(tp)[0], v) for v in value)
     if origin in (list, tuple) or tp in (list, tuple):
         return isinstance(value, (list, tuple))
+    if origin is dict and len(typing.get_args(tp)) == 2:  # dict[str, str]: every entry too
+        return isinstance(value, dict) and all(_accepts(typing.get_args(tp)[1], v) for v in value.values())
     if origin is dict or tp is dict:
         return isinstance(value, dict)
     return True  # exotic annotation: let the consumer validate
+
+
+def _wrong_entry(tp: Any, value: Any) -> tuple[str, Any, Any] | None:
+    """The entry of a list[X] / dict[str, X] value that isn't an X, as (`.key` or `[i]`, X, the entry), so the
+    error names it (`data.templates.prompt must be str`) rather than the whole mapping."""
+    if _is_optional(tp):  # dict[str, str] | None
+        tp = next(t for t in typing.get_args(tp) if t is not type(None))
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return next(((f".{k}", args[1], v) for k, v in value.items() if not _accepts(args[1], v)), None)
+    if origin is list and len(args) == 1 and isinstance(value, (list, tuple)):
+        return next(((f"[{i}]", args[0], v) for i, v in enumerate(value) if not _accepts(args[0], v)), None)
+    return None
 
 
 def _is_optional(tp: Any) -> bool:
@@ -409,7 +426,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: typ
             continue
         if sub is not None:
             current = sections.setdefault(section, {}).get(name) or {}
-            if not isinstance(current, dict) or typing.get_type_hints(SECTION_TYPES[section])[name] not in (dict, dict | None):
+            if not isinstance(current, dict) or not _accepts(typing.get_type_hints(SECTION_TYPES[section])[name], {}):
                 raise UserError(f"override '{text_override}': {section}.{name} is not a mapping")
             value = {**current, sub: value}
         sections.setdefault(section, {})[name] = value
@@ -422,8 +439,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: typ
         for key, value in list(body.items()):
             value = body[key] = _coerce(hints[key], value)
             if not _accepts(hints[key], value):
-                raise UserError(f"{where(f'{section}.{key}')}: {section}.{key} must be {_type_name(hints[key])}, "
-                                f"got {value!r}")
+                sub, tp, got = _wrong_entry(hints[key], value) or ("", hints[key], value)
+                hint = " (a value in {} or [] is read as YAML: quote it to mean text)" \
+                    if isinstance(got, (dict, list)) and _accepts(tp, "") else ""
+                raise UserError(f"{where(f'{section}.{key}')}: {section}.{key}{sub} must be {_type_name(tp)}, "
+                                f"got {got!r}{hint}")
             choices = CHOICES.get((section, key))
             if choices and value not in choices:
                 raise UserError(f"{where(f'{section}.{key}')}: {section}.{key} must be one of "

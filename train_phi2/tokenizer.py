@@ -40,6 +40,8 @@ def main(argv: list[str]) -> None:
                                                + (f", [UNK] {r['unk_rate']:.3%}" if cfg.kind == "char" else ""),
             "training time": f"{r['seconds']:.1f} s", "peak RSS": f"{r['peak_rss'] / 2**30:.2f} GiB",
         })
+        if r["warning"]:
+            out.log.facts["warning"] = f"**{r['warning']}**"
         rows = [f"| {name} | `{text!r}` | {n} | {'yes' if ok else '**NO**'} |" for name, text, n, ok in r["round_trip"]]
         out.log.add_section("Round trip: decode(encode(x)) == x",
                             "| probe | text | tokens | round-trips |\n|---|---|---|---|\n" + "\n".join(rows))
