@@ -55,21 +55,35 @@ def write_corpus(path: Path, chars: int) -> float:
     return time.perf_counter() - t
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
-    """(the finished process, seconds, peak memory of it and its children in bytes: their PSS summed)."""
+def pss(pid: int) -> tuple[int, int]:
+    """(PSS, its anonymous part) of one process in bytes, from /proc/<pid>/smaps_rollup. The rest of PSS is file
+    pages: the memory-mapped Arrow files, clean page cache that the kernel drops under memory pressure."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Pss", "Pss_Anon"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields.get("Pss", 0), fields.get("Pss_Anon", 0)
+
+
+def run_measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float, float]:
+    """(the finished process, seconds, peak memory of it and its children in bytes: their PSS summed, and the peak
+    of the anonymous part of that sum)."""
     import psutil
 
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, done = [0], threading.Event()
+    peak, done = [0, 0], threading.Event()
 
     def sample():
         root = psutil.Process(proc.pid)
         while not done.is_set():
             try:
-                procs = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_full_info().pss for p in procs if p.is_running()))
-            except psutil.Error:
+                both = [pss(p.pid) for p in [root, *root.children(recursive=True)]]
+                peak[0] = max(peak[0], sum(b[0] for b in both))
+                peak[1] = max(peak[1], sum(b[1] for b in both))
+            except (psutil.Error, OSError):
                 pass
             time.sleep(0.2)
 
@@ -78,7 +92,7 @@ def run_measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess
     out, _ = proc.communicate()
     done.set()
     watcher.join()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, ""), time.perf_counter() - t, peak[0]
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, ""), time.perf_counter() - t, peak[0], peak[1]
 
 
 def measure(chars: int) -> dict:
@@ -91,35 +105,45 @@ def measure(chars: int) -> dict:
         args = [f"data.path={corpus}", "data.template='{text}'", f"run.output_root={tmp / 'runs'}"]
         row = {"characters": chars, "jsonl_bytes": corpus.stat().st_size, "generate_s": round(made, 1)}
         for name in ("cold", "cached"):
-            proc, seconds, peak = run_measured([sys.executable, "-c", DATA_PATH, *args], env)
+            proc, seconds, peak, anon = run_measured([sys.executable, "-c", DATA_PATH, *args], env)
             if proc.returncode != 0:
                 raise RuntimeError(f"data path failed at {chars:,} characters:\n{proc.stdout[-2000:]}")
             result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
             row[name] = {"seconds": round(seconds, 1), "peak_pss_gib": round(peak / 2**30, 2),
+                         "peak_anon_gib": round(anon / 2**30, 2),
                          "train_blocks": result["train_blocks"], "eval_blocks": result["eval_blocks"]}
             row["split"] = result["split"]
-        proc, seconds, peak = run_measured([sys.executable, "train_phi3/train.py", *args, "training.max_steps=2",
+        proc, seconds, peak, anon = run_measured([sys.executable, "train_phi3/train.py", *args, "training.max_steps=2",
                                             "training.eval_strategy=no", "training.save_strategy=no"], env)
         if proc.returncode != 0:
             raise RuntimeError(f"2-step run failed at {chars:,} characters:\n{proc.stdout[-2000:]}")
         log = (tmp / "runs/phi3/poetry/final/train_log.md").read_text(encoding="utf-8")
         final = log.split("## Final evaluation", 1)[1]
         row["two_steps"] = {"seconds": round(seconds, 1), "peak_pss_gib": round(peak / 2**30, 2),
+                            "peak_anon_gib": round(anon / 2**30, 2),
                             "eval_runtime_s": float(re.search(r"eval_runtime: ([\d.]+)", final).group(1)),
                             "eval_scope": final.strip().splitlines()[0]}
     return row
+
+
+def mem(part: dict) -> str:
+    anon = f" ({part['peak_anon_gib']} GiB)" if "peak_anon_gib" in part else ""
+    return f"{part['peak_pss_gib']} GiB{anon}"
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["`make train-phi3`'s data path (load, render, split, offline BPE tokenizer, tokenise, pack) on generated "
              "Chinese JSONL, in a fresh process with an empty `datasets` cache (cold), then again (cached), then a "
              "2-step training run whose final evaluation is bounded by `data.eval_max_tokens`. Peak memory: the "
-             "proportional set size (PSS) of the process and its tokenising workers, summed.", "",
+             "proportional set size (PSS) of the process and its tokenising workers, summed; in brackets its "
+             "anonymous part (what the path allocates; the rest is pages of the memory-mapped Arrow files, page "
+             "cache the kernel reclaims under pressure). Rows without the bracket were measured before it was "
+             "recorded.", "",
              "| characters | JSONL | cold: seconds | cold: peak PSS | cached: seconds | cached: peak PSS | 2-step run: "
              "seconds | its final evaluation | measured |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: r["characters"]):
         lines.append(f"| {r['characters']:,} | {r['jsonl_bytes'] / 2**30:.2f} GiB | {r['cold']['seconds']:,} | "
-                     f"{r['cold']['peak_pss_gib']} GiB | {r['cached']['seconds']:,} | {r['cached']['peak_pss_gib']} GiB "
+                     f"{mem(r['cold'])} | {r['cached']['seconds']:,} | {mem(r['cached'])} "
                      f"| {r['two_steps']['seconds']:,} | {r['two_steps']['eval_runtime_s']:.1f} s | "
                      f"{r.get('measured', '')} |")
     if rows:
