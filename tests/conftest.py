@@ -124,3 +124,20 @@ class FakeTrainer:
 
     def save_model(self, folder):
         self.model.save_pretrained(folder)
+
+
+# The real-browser test of the Gradio page skips where Chromium is missing: say at the end of every run whether it
+# ran, so CI's output shows it (without listing all the other tests).
+BROWSER_TEST = "test_webui.py::test_a_browser_types_a_question_and_sees_the_streamed_answer"
+_browser: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.nodeid.endswith(BROWSER_TEST) and (report.when == "call" or report.skipped):
+        reason = f" ({report.longrepr[2]})" if report.skipped and isinstance(report.longrepr, tuple) else ""
+        _browser.append(f"{report.outcome.upper()} in {report.duration:.1f} s{reason}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _browser:
+        terminalreporter.write_line(f"browser test (tests/{BROWSER_TEST}): {_browser[-1]}")

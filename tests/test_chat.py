@@ -258,7 +258,8 @@ def test_on_a_terminal_the_answer_streams_ctrl_c_stops_it_and_ctrl_d_exits_0(roo
     seen: list[str] = []
     read_until(fd, "you> ", seen)
     os.write(fd, b"Hello\r")
-    read_until(fd, "tiny> Hi! I am fine.", seen)  # on the screen while ~1,900 more tokens are still to come
+    read_until(fd, "tiny> ", seen)  # the answer has begun; ~1,900 tokens are still to come (not waiting for a given
+    #                                 phrase: on a loaded machine the whole answer could be generated meanwhile)
     os.write(fd, b"\x03")  # Ctrl-C while it generates: the answer stops, back to the prompt
     out = read_until(fd, "you> ", seen)
     assert "(interrupted)" in out
