@@ -278,6 +278,7 @@ def _line_map(node: yaml.Node, shown: str, prefix: str = "", out: dict | None = 
 
 def _suggest(word: str, options: list[str]) -> str:
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    close = close or [o for o in options if o in word.split("_")]  # top_k -> k: a key that is a part of the word
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -413,7 +414,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: typ
                 raise UserError(f"override '{text_override}': {section}.{name} is not a mapping")
             value = {**current, sub: value}
         sections.setdefault(section, {})[name] = value
-        lines.pop(f"{section}.{name}", None)  # the value no longer comes from the file
+        lines[f"{section}.{name}"] = f"override '{text_override}'"  # errors name the override, not the file
 
     if "model" not in sections or "name" not in sections["model"]:
         raise UserError(f"{shown}: the recipe needs model.name")
