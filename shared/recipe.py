@@ -511,6 +511,11 @@ def resolve_path(path: str | Path) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
+def display_path(path: str | Path) -> str:
+    """A path as logs record it: relative to the repository when inside it, never this machine's layout."""
+    return _display(Path(path))
+
+
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(REPO_ROOT))

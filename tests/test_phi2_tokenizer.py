@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import run
+from conftest import REPO, run
 from shared.bench_tokenizer import parse_size
 from shared.errors import UserError
 from shared.recipe import load_recipe
@@ -133,6 +133,13 @@ def test_stage_end_to_end(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(final))
     assert tok.vocab_size == 600 < len(tok) and f"**len(tokenizer)**: {len(tok):,}" in log  # added tokens counted
     assert tok.decode(tok(PROBES["full-width punctuation"])["input_ids"]) == PROBES["full-width punctuation"]
+
+
+def test_the_log_records_the_input_relative_to_the_repository(tmp_path):
+    run(["train_phi2/tokenizer.py", f"run.output_root={tmp_path}", "stage.input=tests/fixtures/phi2_clean/dirty.jsonl",
+         "stage.vocab_size=600", "stage.min_frequency=1"], timeout=300)
+    log = (tmp_path / "phi2" / "tokenizer" / "final" / "stage_log.md").read_text(encoding="utf-8")
+    assert "- **input**: tests/fixtures/phi2_clean/dirty.jsonl (" in log and str(REPO) not in log
 
 
 def test_stage_settings_are_checked():
