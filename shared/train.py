@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -209,6 +210,13 @@ def training_arguments(recipe: Recipe, **fixed) -> TrainingArguments:
               "output_dir": str(recipe.run_dir)}
     if recipe.trainer in ("sft", "dpo"):
         kwargs.setdefault("max_length", recipe.data.block_size)
+    # transformers 5 calls gradient_checkpointing* activation_checkpointing*: the old names warn at every use. TRL's
+    # configs default the old one to True, so its default (on) is set here under the current name
+    for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):
+        if old in kwargs:
+            kwargs.setdefault(old.replace("gradient", "activation"), kwargs.pop(old))
+    if recipe.trainer in ("sft", "dpo"):
+        kwargs.setdefault("activation_checkpointing", True)
     if kwargs.get("save_total_limit") == 1:
         raise UserError(f"{recipe.where('training.save_total_limit')}: training.save_total_limit must be >= 2 "
                         f"(or null): with 1, a crash while saving could leave no complete checkpoint")
@@ -235,6 +243,10 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
     from .generate import check_prompts
 
     run_dir, kind = recipe.run_dir, recipe.trainer
+    # TRL 1.16's DPOTrainer asks the model for `is_gradient_checkpointing` (and toggles it by the old names) at every
+    # reference pass: transformers' deprecation warnings about TRL's code, which no recipe can change
+    warnings.filterwarnings("ignore", r"`(is_gradient_checkpointing|gradient_checkpointing_(enable|disable))` is "
+                            r"deprecated", FutureWarning, r"transformers\.modeling_utils")
     # the samples come after training: a prompt that can't be encoded must stop the run before it, not after
     check_prompts(recipe.generation, data.tokenizer, recipe.where("generation.prompts"),
                   models.context_length(model.config))
