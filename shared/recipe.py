@@ -101,6 +101,7 @@ class RunArgs:
     output_root: str = "runs"
     resume: str = "auto"  # auto: newest complete checkpoint, or fresh | never | <checkpoint folder>
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
+    replace: bool = False  # replace a final/ that other runs were built from with another recipe's (REPLACE=yes)
 
 
 SECTION_TYPES = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataArgs, "run": RunArgs}

@@ -35,7 +35,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
@@ -49,7 +48,7 @@ from .generate import generation_config, samples_markdown
 from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
 from .recipe import Recipe, trainer_classes, training_config_class
 from .runlog import RunLog, publish, run_facts
-from .stage import final_of, swap_in, write_marker
+from .stage import check_replace, final_of, recipe_changes, swap_in, write_marker
 from .tokenizer import load_tokenizer
 
 DEFAULT_TRAINING = dict(
@@ -256,6 +255,7 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
     if getattr(args, "hub_token", None):  # the Trainer pickles args into every checkpoint (training_args.bin):
         os.environ["HF_TOKEN"] = args.hub_token  # hand the token to the Hub client through the environment instead
         args.hub_token = None  # (train_log.md redacts secret variables' values)
+    check_replace(recipe)  # before anything is removed or trained
     resume = find_resume(run_dir, recipe.run.resume, is_main=args.process_index == 0)
     if resume:
         check_same_recipe(recipe, run_dir / RUN_RECIPE)
@@ -423,7 +423,8 @@ RUN_RECIPE = "recipe.yaml"  # the recipe the run's checkpoints were trained with
 RESUMABLE = ("training.num_train_epochs", "training.max_steps", "training.logging_steps", "training.logging_first_step",
              "training.eval_steps", "training.eval_strategy", "training.save_steps", "training.save_strategy",
              "training.save_total_limit", "training.per_device_eval_batch_size", "training.report_to",
-             "training.disable_tqdm", "training.dataloader_num_workers", "run.resume", "run.output_root", "generation")
+             "training.disable_tqdm", "training.dataloader_num_workers", "run.resume", "run.replace", "run.output_root",
+             "generation")
 
 
 def check_same_recipe(recipe: Recipe, saved: Path) -> None:
@@ -431,17 +432,7 @@ def check_same_recipe(recipe: Recipe, saved: Path) -> None:
     mismatch) or, worse, silently mix two runs: name what changed and how to start over instead."""
     if not saved.is_file():
         return
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            out.update(flat(v, key + ".") if isinstance(v, dict) and key.count(".") < 1 else {key: v})
-        return out
-
-    before, now = flat(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}), flat(recipe.to_dict())
-    changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE)]
+    changed = recipe_changes(saved, recipe, RESUMABLE)
     if changed:
         raise UserError(f"{saved.parent} was trained with another recipe ({'; '.join(changed[:4])}"
                         f"{'; ...' if len(changed) > 4 else ''}); its checkpoints can't continue this run: "

@@ -142,6 +142,35 @@ def test_the_log_records_the_input_relative_to_the_repository(tmp_path):
     assert "- **input**: tests/fixtures/phi2_clean/dirty.jsonl (" in log and str(REPO) not in log
 
 
+def test_a_tokenizer_later_runs_were_built_from_is_not_replaced_by_another_recipe(tmp_path):
+    """make phi2-tokenizer ARGS="stage.vocab_size=..." used to replace runs/phi2/tokenizer/final under the pretrained
+    and SFT models built from it."""
+    from shared import stage
+
+    root = tmp_path / "runs"
+    common = ["train_phi2/tokenizer.py", f"run.output_root={root}", "stage.input=tests/fixtures/phi2_clean/dirty.jsonl",
+              "stage.min_frequency=1"]
+    run([*common, "stage.vocab_size=600"], timeout=300)
+    final = root / "phi2" / "tokenizer" / "final"
+    before = (final / "tokenizer.json").read_bytes()
+    pretrain = root / "phi2" / "pretrain" / "final"  # what a pretraining run records of its inputs
+    pretrain.mkdir(parents=True)
+    (pretrain / "recipe.yaml").write_text(f"model: {{name: phi2}}\ntokenizer: {{name: {root}/phi2/tokenizer}}\n")
+
+    proc = run([*common, "stage.vocab_size=700"], check=False, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "tokenizer/final was built with another recipe (stage.vocab_size: 600 -> 700)" in line
+    assert f"runs were built from it ({root}/phi2/pretrain)" in line and "REPLACE=yes" in line
+    assert (final / "tokenizer.json").read_bytes() == before and not (final.parent / ".final-tmp").exists()
+
+    same = load_recipe("recipes/phi2/tokenizer.yaml", common[1:] + ["stage.vocab_size=600", "run.resume=never"],
+                       stage=TokenizerTraining)
+    stage.check_replace(same)  # the same recipe (resume aside) replaces it freely
+    run([*common, "stage.vocab_size=700", "run.replace=true"], timeout=300)
+    assert AutoTokenizer.from_pretrained(str(final)).vocab_size == 700
+
+
 def test_stage_settings_are_checked():
     with pytest.raises(UserError, match="did you mean 'vocab_size'"):
         load_recipe("recipes/phi2/tokenizer.yaml", ["stage.vocab_sise=10"], stage=TokenizerTraining)
