@@ -267,6 +267,9 @@ def test_rag_script_builds_reuses_and_answers(tmp_path, kb):
     assert "sources:\n[1] " in first.stdout and "news-003" in first.stdout
     final = tmp_path / "runs/phi2/rag/final"
     assert (final / "stage.json").is_file() and (final / "index/index.faiss").is_file()
+    piped = subprocess.run([PY, *common], input=f"{question}\n\n{question}\n", cwd=REPO, capture_output=True, text=True,
+                           timeout=600, env={**os.environ, **env, "SLM_QUESTION": ""})  # one question a line
+    assert piped.returncode == 0 and piped.stdout.count("sources:\n[1] ") == 2, piped.stderr[-2000:]
 
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(line for line in (REPO / "data/qa/rag.jsonl").read_text(encoding="utf-8")
