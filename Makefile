@@ -21,6 +21,7 @@ OVERRIDES = $(strip \
   $(if $(BATCH),training.per_device_train_batch_size=$(BATCH)) \
   $(if $(RUN),run.name=$(RUN)) \
   $(if $(RESUME),run.resume=$(RESUME)) \
+  $(if $(REPLACE),run.replace=$(REPLACE)) \
   $(ARGS))
 
 # Launchers (multi-GPU / multi-node): NPROC processes per node, NNODES nodes; LAUNCHER = torchrun (default),
@@ -98,7 +99,7 @@ export SLM_RUN      = $(value RUN)
   nanogpt-shakespeare-data train-nanogpt-shakespeare train-nanogpt-shakespeare-cpu
 
 help: ## list the targets
-	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME ARGS RECIPE MODEL PROMPT PORT PUBLISH DATA):"
+	@echo "slm make targets (variables: EPOCHS MAX_STEPS LR BATCH RUN RESUME REPLACE ARGS RECIPE MODEL PROMPT PORT PUBLISH DATA):"
 	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ##@ Set-up and tests

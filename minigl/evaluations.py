@@ -28,6 +28,7 @@ from shared.errors import UserError, run_main
 from shared.generate import load
 from shared.metrics import answer_only_examples, perplexity
 from shared.models import count_parameters
+from shared.recipe import display_path
 
 PLOTS = ("losses.png", "finetune_losses.png", "metrics.png")
 
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> None:
                               out.dir / PLOTS[1], title="MiniGLM QA finetuning (answer tokens only)")
         visualize.plot_metrics(results, out.dir / PLOTS[2])
         out.log.facts.update({
-            "held-out text": f"{data / 'val.bin'}: {next(iter(results.values()))['text_tokens']:,} tokens scored "
+            "held-out text": f"{display_path(data / 'val.bin')}: {next(iter(results.values()))['text_tokens']:,} tokens scored "
                              f"(windows of {s.block_size} + 1, tiled)",
             "QA": f"{len(questions)} evaluation questions (split: eval; none among the {len(trained)} training "
                   f"questions); greedy, at most {s.max_new_tokens} new tokens, cut at EOS / \"Question:\"",

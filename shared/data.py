@@ -121,7 +121,7 @@ def _has_records(file: Path) -> bool:
 def read_jsonl_lines(lines, path: Path) -> Iterator[dict]:
     for number, raw in lines:
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM (Windows editors) is accepted
         except UnicodeDecodeError as e:
             raise UserError(f"{path}:{number}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
         if not line.strip():

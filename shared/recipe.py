@@ -101,6 +101,7 @@ class RunArgs:
     output_root: str = "runs"
     resume: str = "auto"  # auto: newest complete checkpoint, or fresh | never | <checkpoint folder>
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
+    replace: bool = False  # replace a final/ that other runs were built from with another recipe's (REPLACE=yes)
 
 
 SECTION_TYPES = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataArgs, "run": RunArgs}
@@ -295,6 +296,7 @@ def _line_map(node: yaml.Node, shown: str, prefix: str = "", out: dict | None = 
 
 def _suggest(word: str, options: list[str]) -> str:
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    close = close or [o for o in options if o in word.split("_")]  # top_k -> k: a key that is a part of the word
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -430,7 +432,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: typ
                 raise UserError(f"override '{text_override}': {section}.{name} is not a mapping")
             value = {**current, sub: value}
         sections.setdefault(section, {})[name] = value
-        lines.pop(f"{section}.{name}", None)  # the value no longer comes from the file
+        lines[f"{section}.{name}"] = f"override '{text_override}'"  # errors name the override, not the file
 
     if "model" not in sections or "name" not in sections["model"]:
         raise UserError(f"{shown}: the recipe needs model.name")
@@ -528,6 +530,11 @@ def resolve_path(path: str | Path) -> Path:
     """Recipe paths are relative to the repository root, so scripts work from any working directory."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else REPO_ROOT / p
+
+
+def display_path(path: str | Path) -> str:
+    """A path as logs record it: relative to the repository when inside it, never this machine's layout."""
+    return _display(Path(path))
 
 
 def _display(path: Path) -> str:

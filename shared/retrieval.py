@@ -521,8 +521,10 @@ def check_settings(recipe) -> RagSettings:
                         f"got {s.answer!r}")
     if not 0 < s.refusal_threshold <= 1:
         raise UserError(f"{recipe.where('stage.refusal_threshold')}: stage.refusal_threshold must be in (0, 1]")
-    if s.k < 1 or s.chunk_size < 10:
-        raise UserError(f"{recipe.where('stage.k')}: stage.k must be >= 1 and stage.chunk_size >= 10")
+    if s.k < 1:
+        raise UserError(f"{recipe.where('stage.k')}: stage.k (chunks in the prompt) must be >= 1, got {s.k}")
+    if s.chunk_size < 10:
+        raise UserError(f"{recipe.where('stage.chunk_size')}: stage.chunk_size must be >= 10, got {s.chunk_size}")
     for key, needed in (("template", "{instruction}"), ("instruction", "{context}"), ("instruction", "{question}")):
         if needed not in getattr(s, key):
             raise UserError(f"{recipe.where(f'stage.{key}')}: stage.{key} must contain {needed}")

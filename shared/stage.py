@@ -18,8 +18,10 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
 from .errors import UserError
-from .recipe import Recipe, resolve_path
+from .recipe import Recipe, display_path, resolve_path
 from .runlog import RunLog, now_utc, publish, run_facts
 
 MARKER = "stage.json"  # written last into final/: the stage finished
@@ -46,6 +48,72 @@ def swap_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recipe_changes(saved: Path, recipe: Recipe, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key: before -> now` for each setting of `recipe` that differs from the recipe saved at `saved` (keys that
+    start with one of `ignore` left out)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) and key.count(".") < 1 else {key: v})
+        return out
+
+    before = flat(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+    now = flat(yaml.safe_load(recipe.to_yaml()))
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k) and not k.startswith(ignore)]
+
+
+def dependants(run_dir: Path) -> list[Path]:
+    """The runs beside `run_dir` (same output root) whose final/recipe.yaml names it, or a file in it, as an input."""
+    def strings(v):
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            for x in v:
+                yield from strings(x)
+        elif isinstance(v, str) and v and "\n" not in v:
+            yield v
+
+    def inside(text: str) -> bool:
+        path = Path(os.path.normpath(resolve_path(text)))
+        return path == run_dir or run_dir in path.parents
+
+    run_dir = Path(os.path.normpath(run_dir))
+    found = []
+    for saved in sorted(run_dir.parent.parent.glob("*/*/final/recipe.yaml")):
+        other = saved.parent.parent
+        try:
+            recorded = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if other != run_dir and any(inside(s) for s in strings(recorded)):
+            found.append(other)
+    return found
+
+
+# settings that change nothing a stage writes: a rerun with only these changed replaces final/ freely
+REPLACE_NEUTRAL = ("run.resume", "run.replace", "run.output_root", "training.logging_steps",
+                   "training.logging_first_step", "training.report_to", "training.disable_tqdm",
+                   "training.dataloader_num_workers")
+
+
+def check_replace(recipe: Recipe) -> None:
+    """A final/ that later runs were built from is replaced only by the same recipe, or when run.replace says so:
+    otherwise they no longer match their input (a pretrained model whose tokenizer changed under it). Like resuming
+    with a changed recipe, it is refused, naming what changed and the runs that depend on it."""
+    saved = recipe.run_dir / "final" / "recipe.yaml"
+    if recipe.run.replace or not saved.is_file():
+        return
+    changed = recipe_changes(saved, recipe, REPLACE_NEUTRAL)
+    users = dependants(recipe.run_dir) if changed else []
+    if users:
+        raise UserError(f"{display_path(saved.parent)} was built with another recipe ({'; '.join(changed[:3])}"
+                        f"{'; ...' if len(changed) > 3 else ''}) and runs were built from it "
+                        f"({', '.join(map(display_path, users))}): replacing it would leave them inconsistent; pick "
+                        f"another RUN=<name>, or replace it anyway with REPLACE=yes (run.replace=true) and rebuild them")
+
+
 def write_marker(folder: Path, recipe: Recipe, title: str) -> None:
     info = {"stage": title, "recipe": recipe.source, "run": str(recipe.run_dir), "finished": now_utc()}
     tmp = folder / f".{MARKER}.tmp"
@@ -64,6 +132,7 @@ def output(recipe: Recipe, title: str, publish_log: str | None = None) -> Iterat
     """Yield a temporary folder; on success add the log + recipe + marker and swap it into `<run_dir>/final/`.
     On an error the temporary folder is removed and an earlier final/ stays as it was."""
     run_dir = recipe.run_dir
+    check_replace(recipe)
     tmp = run_dir / ".final-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

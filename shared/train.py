@@ -28,13 +28,13 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
@@ -48,7 +48,7 @@ from .generate import generation_config, samples_markdown
 from .guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
 from .recipe import Recipe, trainer_classes, training_config_class
 from .runlog import RunLog, publish, run_facts
-from .stage import final_of, swap_in, write_marker
+from .stage import check_replace, final_of, recipe_changes, swap_in, write_marker
 from .tokenizer import load_tokenizer
 
 DEFAULT_TRAINING = dict(
@@ -209,6 +209,13 @@ def training_arguments(recipe: Recipe, **fixed) -> TrainingArguments:
               "output_dir": str(recipe.run_dir)}
     if recipe.trainer in ("sft", "dpo"):
         kwargs.setdefault("max_length", recipe.data.block_size)
+    # transformers 5 calls gradient_checkpointing* activation_checkpointing*: the old names warn at every use. TRL's
+    # configs default the old one to True, so its default (on) is set here under the current name
+    for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):
+        if old in kwargs:
+            kwargs.setdefault(old.replace("gradient", "activation"), kwargs.pop(old))
+    if recipe.trainer in ("sft", "dpo"):
+        kwargs.setdefault("activation_checkpointing", True)
     if kwargs.get("save_total_limit") == 1:
         raise UserError(f"{recipe.where('training.save_total_limit')}: training.save_total_limit must be >= 2 "
                         f"(or null): with 1, a crash while saving could leave no complete checkpoint")
@@ -235,6 +242,10 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
     from .generate import check_prompts
 
     run_dir, kind = recipe.run_dir, recipe.trainer
+    # TRL 1.16's DPOTrainer asks the model for `is_gradient_checkpointing` (and toggles it by the old names) at every
+    # reference pass: transformers' deprecation warnings about TRL's code, which no recipe can change
+    warnings.filterwarnings("ignore", r"`(is_gradient_checkpointing|gradient_checkpointing_(enable|disable))` is "
+                            r"deprecated", FutureWarning, r"transformers\.modeling_utils")
     # the samples come after training: a prompt that can't be encoded must stop the run before it, not after
     check_prompts(recipe.generation, data.tokenizer, recipe.where("generation.prompts"),
                   models.context_length(model.config))
@@ -244,6 +255,7 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
     if getattr(args, "hub_token", None):  # the Trainer pickles args into every checkpoint (training_args.bin):
         os.environ["HF_TOKEN"] = args.hub_token  # hand the token to the Hub client through the environment instead
         args.hub_token = None  # (train_log.md redacts secret variables' values)
+    check_replace(recipe)  # before anything is removed or trained
     resume = find_resume(run_dir, recipe.run.resume, is_main=args.process_index == 0)
     if resume:
         check_same_recipe(recipe, run_dir / RUN_RECIPE)
@@ -411,7 +423,8 @@ RUN_RECIPE = "recipe.yaml"  # the recipe the run's checkpoints were trained with
 RESUMABLE = ("training.num_train_epochs", "training.max_steps", "training.logging_steps", "training.logging_first_step",
              "training.eval_steps", "training.eval_strategy", "training.save_steps", "training.save_strategy",
              "training.save_total_limit", "training.per_device_eval_batch_size", "training.report_to",
-             "training.disable_tqdm", "training.dataloader_num_workers", "run.resume", "run.output_root", "generation")
+             "training.disable_tqdm", "training.dataloader_num_workers", "run.resume", "run.replace", "run.output_root",
+             "generation")
 
 
 def check_same_recipe(recipe: Recipe, saved: Path) -> None:
@@ -419,17 +432,7 @@ def check_same_recipe(recipe: Recipe, saved: Path) -> None:
     mismatch) or, worse, silently mix two runs: name what changed and how to start over instead."""
     if not saved.is_file():
         return
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            out.update(flat(v, key + ".") if isinstance(v, dict) and key.count(".") < 1 else {key: v})
-        return out
-
-    before, now = flat(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}), flat(recipe.to_dict())
-    changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE)]
+    changed = recipe_changes(saved, recipe, RESUMABLE)
     if changed:
         raise UserError(f"{saved.parent} was trained with another recipe ({'; '.join(changed[:4])}"
                         f"{'; ...' if len(changed) > 4 else ''}); its checkpoints can't continue this run: "

@@ -124,8 +124,8 @@ def test_end_to_end_bins_decode_to_the_chat_texts(tmp_path):
 
 
 def test_a_wrong_source_key_names_the_source_and_the_key(tmp_path):
-    with pytest.raises(UserError, match=r"^recipes/nanogpt/data.yaml: stage.sources\[0\]: unknown key 'promt' "
-                                        r"\(did you mean 'prompt'\?\)$"):
+    with pytest.raises(UserError, match=r"^override 'stage.sources=\[\{hub: a/b, promt: q, response: a\}\]': "
+                                        r"stage.sources\[0\]: unknown key 'promt' \(did you mean 'prompt'\?\)$"):
         main([f"run.output_root={tmp_path}", "stage.sources=[{hub: a/b, promt: q, response: a}]"])
     assert not (tmp_path / "nanogpt").exists()
 

@@ -79,6 +79,38 @@ def test_sft_loss_covers_the_answer_and_eos_only(chain, tmp_path):
         assert answer in completions, answer
 
 
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_sft_and_dpo_runs_print_no_deprecation_warnings(stage, tmp_path):
+    """TRL's configs default `gradient_checkpointing` (transformers 5's old name) to True: ~10 FutureWarnings a run."""
+    import warnings
+
+    from shared import models, train
+    from shared.recipe import load_recipe
+    from shared.tokenizer import train_tokenizer, wrap
+
+    qa = [("苇川在哪里？", "苇川在河的东岸。"), ("老街叫什么？", "老街叫望河街。"), ("谁修的桥？", "桥是一九五六年修的。")] * 4
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": q, "input": "", "output": a, "rejected": a[::-1]},
+                                       ensure_ascii=False) + "\n" for q, a in qa), encoding="utf-8")
+    specials = ["[PAD]", "[EOS]", "[SEP]", "[BOS]", "[UNK]"]
+    tok = wrap(train_tokenizer(iter([[f"{q}\n{a}" for q, a in qa]]), "bpe", 500, 1, specials), specials, 512)
+    tok.save_pretrained(str(tmp_path / "tok"))
+    recipe = load_recipe(REPO / f"recipes/phi2/{stage}.yaml", [
+        f"run.output_root={tmp_path}", f"data.path={data}", "data.dataset=null", f"tokenizer.name={tmp_path}/tok",
+        "model.init_from=null", "model.config=train_phi2/phi2_tiny.json",
+        "model.overrides={hidden_size: 32, num_attention_heads: 2, num_key_value_heads: 2, num_hidden_layers: 1}",
+        "training.max_steps=2", "training.per_device_train_batch_size=4", "training.save_strategy=no",
+        "generation.prompts=[]"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = train.training_arguments(recipe)
+        data = train.load_data(recipe)
+        train.train(recipe, models.build_model(recipe, models.model_config(recipe), data.tokenizer), data, args=args,
+                    title=stage)
+    assert args.activation_checkpointing is True  # TRL's default, kept: only the name changed
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
 def test_dpo_pairs_drop_a_rejected_answer_too_similar_to_the_chosen():
     import importlib.util
 

@@ -175,6 +175,21 @@ def test_inputs_fields_and_txt_paragraphs():
         list(clean.read_records([typo], 0))
 
 
+def test_an_empty_input_says_so_and_a_bom_is_accepted_in_jsonl_as_in_txt(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"the input is empty \(no record read from .*empty\.jsonl\)"):
+        clean.main([f"run.output_root={tmp_path}", f"stage.inputs=[{empty}]", "stage.workers=1"])
+    text = "苇川的春天来得早，柳树先绿了。"
+    (tmp_path / "bom.jsonl").write_text("\ufeff" + json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "bom.txt").write_text("\ufeff" + text + "\n", encoding="utf-8")
+    for name in ("bom.jsonl", "bom.txt"):
+        assert [t for _, t in clean.read_records([clean.Input(tmp_path / name, ["text"])], 0)] == [text]
+    clean.main([f"run.output_root={tmp_path}", f"stage.inputs=[{tmp_path / 'bom.jsonl'}]", "stage.workers=1"])
+    out = (tmp_path / "phi2/clean/final/clean.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["text"] for line in out] == [text]
+
+
 def test_bad_settings_and_bad_lines_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="stage.near_dup_threshold must be in \\(0, 1\\), got 1.5"):
         settings_and_inputs("stage.near_dup_threshold=1.5")

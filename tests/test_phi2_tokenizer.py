@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import run
+from conftest import REPO, run
 from shared.bench_tokenizer import parse_size
 from shared.errors import UserError
 from shared.recipe import load_recipe
@@ -133,6 +133,42 @@ def test_stage_end_to_end(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(final))
     assert tok.vocab_size == 600 < len(tok) and f"**len(tokenizer)**: {len(tok):,}" in log  # added tokens counted
     assert tok.decode(tok(PROBES["full-width punctuation"])["input_ids"]) == PROBES["full-width punctuation"]
+
+
+def test_the_log_records_the_input_relative_to_the_repository(tmp_path):
+    run(["train_phi2/tokenizer.py", f"run.output_root={tmp_path}", "stage.input=tests/fixtures/phi2_clean/dirty.jsonl",
+         "stage.vocab_size=600", "stage.min_frequency=1"], timeout=300)
+    log = (tmp_path / "phi2" / "tokenizer" / "final" / "stage_log.md").read_text(encoding="utf-8")
+    assert "- **input**: tests/fixtures/phi2_clean/dirty.jsonl (" in log and str(REPO) not in log
+
+
+def test_a_tokenizer_later_runs_were_built_from_is_not_replaced_by_another_recipe(tmp_path):
+    """make phi2-tokenizer ARGS="stage.vocab_size=..." used to replace runs/phi2/tokenizer/final under the pretrained
+    and SFT models built from it."""
+    from shared import stage
+
+    root = tmp_path / "runs"
+    common = ["train_phi2/tokenizer.py", f"run.output_root={root}", "stage.input=tests/fixtures/phi2_clean/dirty.jsonl",
+              "stage.min_frequency=1"]
+    run([*common, "stage.vocab_size=600"], timeout=300)
+    final = root / "phi2" / "tokenizer" / "final"
+    before = (final / "tokenizer.json").read_bytes()
+    pretrain = root / "phi2" / "pretrain" / "final"  # what a pretraining run records of its inputs
+    pretrain.mkdir(parents=True)
+    (pretrain / "recipe.yaml").write_text(f"model: {{name: phi2}}\ntokenizer: {{name: {root}/phi2/tokenizer}}\n")
+
+    proc = run([*common, "stage.vocab_size=700"], check=False, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "tokenizer/final was built with another recipe (stage.vocab_size: 600 -> 700)" in line
+    assert f"runs were built from it ({root}/phi2/pretrain)" in line and "REPLACE=yes" in line
+    assert (final / "tokenizer.json").read_bytes() == before and not (final.parent / ".final-tmp").exists()
+
+    same = load_recipe("recipes/phi2/tokenizer.yaml", common[1:] + ["stage.vocab_size=600", "run.resume=never"],
+                       stage=TokenizerTraining)
+    stage.check_replace(same)  # the same recipe (resume aside) replaces it freely
+    run([*common, "stage.vocab_size=700", "run.replace=true"], timeout=300)
+    assert AutoTokenizer.from_pretrained(str(final)).vocab_size == 700
 
 
 def test_stage_settings_are_checked():

@@ -1,5 +1,7 @@
 """Phi-3 end to end on CPU: train (tiny config, bundled poems, offline) -> save -> reload -> generate."""
 import json
+import re
+import shutil
 import subprocess
 
 import pytest
@@ -78,6 +80,25 @@ def test_rerun_with_an_incompatible_recipe_says_what_changed(trained):
     assert "was trained with another recipe (tokenizer.vocab_size: 600 -> 700)" in proc.stderr
     assert "RESUME=never" in proc.stderr
     assert max(e["step"] for e in log_history(run_dir)) == 32  # nothing was trained or overwritten
+
+
+def test_a_model_other_runs_were_built_from_is_not_retrained_with_another_recipe(trained):
+    """RESUME=never with a changed recipe would replace final/ under a finetuned run that started from it."""
+    root, run_dir, _ = trained
+    finetune = root / "phi3" / "finetune" / "final"
+    finetune.mkdir(parents=True)
+    (finetune / "recipe.yaml").write_text(f"model: {{name: phi3, init_from: {run_dir}}}\n")
+    stamp, steps = (run_dir / "final" / "model.safetensors").stat().st_mtime_ns, log_history(run_dir)[-1]["step"]
+    try:
+        proc = run(["train_phi3/train.py", *TINY_PHI3, "training.max_steps=4", "run.resume=never", "run.name=e2e",
+                    f"run.output_root={root}"], check=False)
+    finally:
+        shutil.rmtree(finetune.parent)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(r"e2e/final was built with another recipe \(training.max_steps: 3\d -> 4\)", proc.stderr)
+    assert f"runs were built from it ({root}/phi3/finetune)" in proc.stderr and "REPLACE=yes" in proc.stderr
+    assert (run_dir / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert log_history(run_dir)[-1]["step"] == steps  # nothing was trained or removed
 
 
 @pytest.mark.parametrize("args, message", [

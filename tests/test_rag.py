@@ -4,8 +4,10 @@ reused, rebuilt on change and never loaded when tampered with, dense / BM25 / co
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from langchain_core.documents import Document
 
 from shared import retrieval
 from shared.errors import UserError
-from conftest import REPO, run, small_kb, tiny_model
+from conftest import PY, REPO, run, small_kb, tiny_model
 
 EMBEDDING = "use"  # the fastest packaged model to build an index with (the recipe's default is measured by rag-eval)
 DOC_IDS = {"enc-001", "enc-005", "enc-040", "news-002", "news-003"}  # a small knowledge base from the bundled one
@@ -227,6 +229,29 @@ def test_recipe_stage_section_is_checked():
     assert folder == "data/world"
 
 
+def test_a_misnamed_key_gets_a_did_you_mean_and_a_bad_override_is_blamed_on_the_override(tmp_path):
+    """make rag ARGS="stage.top_k=0" suggests stage.k; ARGS="stage.k=0" names the override, not rag.yaml."""
+    from shared.recipe import load_recipe
+
+    with pytest.raises(UserError, match=r"unknown key 'stage.top_k' \(did you mean 'k'\?\)"):
+        load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.top_k=0"], stage=retrieval.RagSettings)
+    proc = run(["train_phi2/rag.py", "recipes/phi2/rag.yaml", "stage.k=0", f"run.output_root={tmp_path}"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: override 'stage.k=0': stage.k (chunks in the prompt) must be "
+                                                ">= 1, got 0"]
+
+
+def test_no_question_without_a_terminal_is_an_error_before_anything_loads(tmp_path):
+    """make rag QUESTION="" with no terminal used to read nothing and exit 0."""
+    common = [PY, "train_phi2/rag.py", "recipes/phi2/rag.yaml", f"run.output_root={tmp_path}"]
+    for extra, env in (([], {"SLM_QUESTION": ""}), (["--question", "  "], {})):
+        proc = subprocess.run(common + extra, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, **env})
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert ("stdin is not a terminal" if not extra else "the question is empty") in proc.stderr
+        assert not (tmp_path / "phi2").exists()  # failed before the index was built
+
+
 @pytest.mark.slow
 def test_rag_script_builds_reuses_and_answers(tmp_path, kb):
     """`make rag QUESTION=... DOCS=...` end to end, then `make rag-eval` on two questions."""
@@ -242,6 +267,9 @@ def test_rag_script_builds_reuses_and_answers(tmp_path, kb):
     assert "sources:\n[1] " in first.stdout and "news-003" in first.stdout
     final = tmp_path / "runs/phi2/rag/final"
     assert (final / "stage.json").is_file() and (final / "index/index.faiss").is_file()
+    piped = subprocess.run([PY, *common], input=f"{question}\n\n{question}\n", cwd=REPO, capture_output=True, text=True,
+                           timeout=600, env={**os.environ, **env, "SLM_QUESTION": ""})  # one question a line
+    assert piped.returncode == 0 and piped.stdout.count("sources:\n[1] ") == 2, piped.stderr[-2000:]
 
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(line for line in (REPO / "data/qa/rag.jsonl").read_text(encoding="utf-8")

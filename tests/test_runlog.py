@@ -1,6 +1,9 @@
-"""The run log: a markdown table from the Trainer's history, a PNG, and no secrets."""
+"""The run log: a markdown table from the Trainer's history, a PNG, no secrets and no machine's paths."""
+import re
+import subprocess
 from types import SimpleNamespace
 
+from shared import REPO_ROOT
 from shared.recipe import REDACTED
 from shared.runlog import RunLog, redacted_command
 
@@ -47,3 +50,12 @@ def test_secrets_never_reach_the_log(monkeypatch):
     assert "hf_SECRETSECRET123" not in text and "wandbkey-987654" not in text and REDACTED in text
     cmd = redacted_command(["train.py", "training.hub_token=hf_abc123456", "epochs=1"])
     assert "hf_abc123456" not in cmd and "epochs=1" in cmd
+
+
+def test_reference_logs_record_paths_relative_to_the_repository():
+    """A published log named /work/ref/runs/...: the machine it was made on, not a path anyone else has."""
+    logs = subprocess.run(["git", "ls-files", "*_log.md"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
+    machine = re.compile(r"(?<![\w.~-])/(?:work|home|tmp|root|Users|mnt)/\S*")
+    found = [f"{name}: {m.group()}" for name in logs
+             for m in machine.finditer((REPO_ROOT / name).read_text(encoding="utf-8"))]
+    assert logs and not found, found

@@ -301,7 +301,7 @@ def paragraphs(file: Path) -> Iterator[str]:
     with open(file, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")  # a BOM: as in .jsonl
             except UnicodeDecodeError as e:
                 raise UserError(f"{shown(file)}:{number}: not valid UTF-8 (byte {e.start})") from None
             if line.strip():
@@ -515,6 +515,9 @@ def main(argv: list[str]) -> None:
         table = rules_table(tally)
         print(f"\n{table}\n\n{sources_table(tally)}\n\n{tally.total(0):,} records in, {tally.total(1):,} out, "
               f"{seconds:.1f} s", flush=True)
+        if tally.total(0) == 0:
+            raise UserError(f"{recipe.where('stage.inputs')}: the input is empty (no record read from "
+                            f"{', '.join(shown(i.path) for i in inputs)})")
         if tally.total(1) == 0:
             raise UserError(f"{recipe.where('stage.inputs')}: no record survived cleaning (table above); "
                             f"check stage.fields and stage.min_chars={a.min_chars}")

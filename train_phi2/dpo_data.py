@@ -18,7 +18,7 @@ from shared.checkpoints import checkpoints, is_complete
 from shared.data import load_source
 from shared.errors import UserError, run_main
 from shared.metrics import rouge_l
-from shared.recipe import resolve_path
+from shared.recipe import display_path, resolve_path
 
 
 @dataclass
@@ -69,7 +69,7 @@ def main(argv):
         with open(out.dir / "pairs.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
         out.log.facts.update({
-            "data": prov.describe(), "generator": f"{folder} (epoch {epoch:.2f} of the SFT run)",
+            "data": prov.describe(), "generator": f"{display_path(folder)} (epoch {epoch:.2f} of the SFT run)",
             "similarity": f"character-level Rouge-L F (shared/metrics.py); a pair above {s.max_similarity} is dropped",
             "pairs": f"{len(kept)} kept ({bundled} bundled with their own rejected answer, {len(kept) - bundled} "
                      f"generated), {len(dropped)} dropped as too similar or empty",

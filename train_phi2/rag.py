@@ -3,6 +3,7 @@
     make rag [QUESTION="苇川大学的校训是什么？"] [DOCS=my/folder]     # = python train_phi2/rag.py recipes/phi2/rag.yaml
     make rag-eval                              # retrieval recall@k + answer-level scores -> train_phi2/rag_log.md
     python train_phi2/rag.py recipes/phi2/rag.yaml stage.retriever=dense --question "..."
+    python train_phi2/rag.py < questions.txt   # one question a line; without QUESTION and a terminal: an error
 
 1. documents (stage.docs) -> chunks ending at Chinese sentence punctuation -> embeddings (a Hub model, else one
    shipped in a PyPI package) -> FAISS, saved with a signed manifest in runs/phi2/rag/final/ and rebuilt only when
@@ -170,6 +171,23 @@ def load_answerer(recipe, model_ref: str | None = None, mode: str | None = None)
                     folder, preset, mode or s.answer, s.refusal_threshold)
 
 
+def questions_given(question: str | None) -> list[str] | None:
+    """The questions to answer without asking: --question (make rag QUESTION=...), else the lines piped into stdin;
+    None: ask at the terminal. Read before the index and the model load, so that no question fails at once."""
+    if question is not None:
+        if not question.strip():
+            raise UserError('the question is empty: make rag QUESTION="..." (or --question "..."); leave QUESTION '
+                            'out to ask at a terminal')
+        return [question]
+    if sys.stdin is not None and sys.stdin.isatty():
+        return None
+    lines = [line.strip() for line in (sys.stdin.read() if sys.stdin else "").splitlines() if line.strip()]
+    if not lines:
+        raise UserError('no question: stdin is not a terminal and gave none; make rag QUESTION="..." (or --question '
+                        '"..."), or pipe the questions in, one a line')
+    return lines
+
+
 def main(argv):
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--question", default=os.environ.get("SLM_QUESTION") or None,
@@ -193,6 +211,7 @@ def main(argv):
 
         retrieval.index_stage(recipe, opts.publish_log, sections)
         return
+    questions = questions_given(mine.question)
     index = retrieval.index_stage(recipe)
     retriever = retrieval.retrievers(index.store, index.chunks, s.k, s.weights)[s.retriever]
     answerer = load_answerer(recipe)
@@ -207,10 +226,17 @@ def main(argv):
     if mine.question is not None:
         ask(mine.question)
         return
+    if questions is not None:  # piped in
+        for question in questions:
+            try:
+                ask(question)
+            except UserError as e:  # e.g. a question too long for the model: say so, answer the others
+                print(f"error: {e}", flush=True)
+        return
     print("ask about the knowledge base (an empty line or Ctrl-D ends)", flush=True)
     while True:
         try:
-            question = input("问题> " if sys.stdin.isatty() else "").strip()
+            question = input("问题> ").strip()
         except EOFError:
             break
         if not question:

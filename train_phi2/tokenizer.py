@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared import cli, errors, stage
-from shared.recipe import resolve_path
+from shared.recipe import display_path, resolve_path
 from shared.tokenizer import TokenizerTraining, jsonl_texts, train_from_texts
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
         tok, r = train_from_texts(jsonl_texts(path, cfg.text_field), cfg)
         tok.save_pretrained(str(out.dir))
         out.log.facts.update({
-            "input": f"{path} ({r['records']:,} records, {r['chars']:,} characters trained on)",
+            "input": f"{display_path(path)} ({r['records']:,} records, {r['chars']:,} characters trained on)",
             "kind": cfg.kind + (f" (byte-level BPE, Chinese runs cut every {cfg.max_cjk_chars} characters)"
                                 if cfg.kind == "bpe" else f" (one token per character, NFKC {cfg.nfkc})"),
             "vocab_size": f"{r['vocab_size']:,}", "len(tokenizer)": f"{r['len']:,} (size the embedding with this)",
