@@ -148,8 +148,9 @@ def markdown(rows: list[dict]) -> str:
                      f"{r.get('measured', '')} |")
     if rows:
         last = max(rows, key=lambda r: r["characters"])
-        lines += ["", f"At {last['characters']:,} characters: {last['split']}; the final evaluation: "
-                  f"{last['two_steps']['eval_scope']}"]
+        scope = last["two_steps"]["eval_scope"].rstrip(":").replace("On ", "on ", 1)
+        lines += ["", f"At {last['characters']:,} characters: {last['split']}. The 2-step run's final evaluation "
+                  f"took {last['two_steps']['eval_runtime_s']:.1f} s, {scope}."]
     return "\n".join(lines)
 
 
