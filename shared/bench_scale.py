@@ -3,6 +3,7 @@
 
     python -m shared.bench_scale 10M 100M        # rows into bench/scale.json (make bench reads them back)
     python -m shared.bench_scale 1B              # by hand, once: ~3 GB of JSONL, about an hour on 2 cores
+    python -m shared.bench_scale 1B --memory-limit 4G   # the same inside a 4 GiB memory cgroup (root): the goal
 
 For each size a JSONL corpus is generated (shared/textgen.py: Chinese text from a character n-gram model of the
 bundled sets, 2,048-character documents) and `make train-phi3`'s data path runs on it in a fresh process with an
@@ -67,13 +68,51 @@ def pss(pid: int) -> tuple[int, int]:
     return fields.get("Pss", 0), fields.get("Pss_Anon", 0)
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float, float]:
+class MemoryLimit:
+    """A Linux memory cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`) of `limit` bytes that the measured
+    processes run in: the kernel reclaims the Arrow files' page cache before it kills anything, so a run that
+    finishes inside it needs no more than `limit` of memory. `peak()`: the cgroup's high-water mark (page cache
+    included). Needs root (or a delegated cgroup); `MemoryLimit.error()` says why it can't be made."""
+
+    V2, V1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/memory")
+
+    def __init__(self, limit: int):
+        self.limit, name = limit, f"slm-scale-{os.getpid()}"
+        if (self.V2 / "cgroup.controllers").is_file():
+            self.dir, self.max_file, self.peak_file = self.V2 / name, "memory.max", "memory.peak"
+        else:
+            self.dir, self.max_file, self.peak_file = self.V1 / name, "memory.limit_in_bytes", "memory.max_usage_in_bytes"
+        self.dir.mkdir()
+        (self.dir / self.max_file).write_text(str(limit))
+
+    @staticmethod
+    def error() -> str | None:
+        base = MemoryLimit.V2 if (MemoryLimit.V2 / "cgroup.controllers").is_file() else MemoryLimit.V1
+        return None if os.access(base, os.W_OK) else f"cannot create a memory cgroup under {base} (needs root)"
+
+    def enter(self) -> None:  # preexec_fn: the child joins before it runs anything
+        (self.dir / "cgroup.procs").write_text(str(os.getpid()))
+
+    def peak(self) -> int:
+        path = self.dir / self.peak_file
+        return int(path.read_text()) if path.is_file() else 0
+
+    def close(self) -> None:
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
+
+
+def run_measured(cmd: list[str], env: dict, limit: MemoryLimit | None = None
+                 ) -> tuple[subprocess.CompletedProcess, float, float, float]:
     """(the finished process, seconds, peak memory of it and its children in bytes: their PSS summed, and the peak
-    of the anonymous part of that sum)."""
+    of the anonymous part of that sum). `limit`: run inside that memory cgroup."""
     import psutil
 
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=limit.enter if limit else None)
     peak, done = [0, 0], threading.Event()
 
     def sample():
@@ -95,7 +134,10 @@ def run_measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess
     return subprocess.CompletedProcess(cmd, proc.returncode, out, ""), time.perf_counter() - t, peak[0], peak[1]
 
 
-def measure(chars: int) -> dict:
+def measure(chars: int, limit_bytes: int | None = None) -> dict:
+    """One row. `limit_bytes`: the data path and the 2-step run each run in a memory cgroup of that size; the row
+    records the limit and the cgroup's peak (a run the kernel kills for memory fails the measurement)."""
+    limit = None
     with tempfile.TemporaryDirectory(prefix="slm-scale-") as tmp:
         tmp = Path(tmp)
         corpus = tmp / "corpus.jsonl"
@@ -105,30 +147,43 @@ def measure(chars: int) -> dict:
         args = [f"data.path={corpus}", "data.template='{text}'", f"run.output_root={tmp / 'runs'}"]
         row = {"characters": chars, "jsonl_bytes": corpus.stat().st_size, "generate_s": round(made, 1)}
         for name in ("cold", "cached"):
-            proc, seconds, peak, anon = run_measured([sys.executable, "-c", DATA_PATH, *args], env)
+            limit = MemoryLimit(limit_bytes) if limit_bytes else None
+            proc, seconds, peak, anon = run_measured([sys.executable, "-c", DATA_PATH, *args], env, limit)
             if proc.returncode != 0:
-                raise RuntimeError(f"data path failed at {chars:,} characters:\n{proc.stdout[-2000:]}")
+                raise RuntimeError(f"data path failed at {chars:,} characters (exit {proc.returncode}"
+                                   f"{'; -9: killed for memory?' if proc.returncode == -9 else ''}):\n"
+                                   f"{proc.stdout[-2000:]}")
             result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
             row[name] = {"seconds": round(seconds, 1), "peak_pss_gib": round(peak / 2**30, 2),
                          "peak_anon_gib": round(anon / 2**30, 2),
                          "train_blocks": result["train_blocks"], "eval_blocks": result["eval_blocks"]}
+            if limit:
+                row[name]["cgroup_peak_gib"] = round(limit.peak() / 2**30, 2)
+                limit.close()
             row["split"] = result["split"]
+        limit = MemoryLimit(limit_bytes) if limit_bytes else None
         proc, seconds, peak, anon = run_measured([sys.executable, "train_phi3/train.py", *args, "training.max_steps=2",
-                                            "training.eval_strategy=no", "training.save_strategy=no"], env)
+                                                  "training.eval_strategy=no", "training.save_strategy=no"], env, limit)
         if proc.returncode != 0:
-            raise RuntimeError(f"2-step run failed at {chars:,} characters:\n{proc.stdout[-2000:]}")
+            raise RuntimeError(f"2-step run failed at {chars:,} characters (exit {proc.returncode}"
+                               f"{'; -9: killed for memory?' if proc.returncode == -9 else ''}):\n{proc.stdout[-2000:]}")
         log = (tmp / "runs/phi3/poetry/final/train_log.md").read_text(encoding="utf-8")
         final = log.split("## Final evaluation", 1)[1]
         row["two_steps"] = {"seconds": round(seconds, 1), "peak_pss_gib": round(peak / 2**30, 2),
                             "peak_anon_gib": round(anon / 2**30, 2),
                             "eval_runtime_s": float(re.search(r"eval_runtime: ([\d.]+)", final).group(1)),
                             "eval_scope": final.strip().splitlines()[0]}
+        if limit:
+            row["two_steps"]["cgroup_peak_gib"] = round(limit.peak() / 2**30, 2)
+            limit.close()
+            row["memory_limit_gib"] = round(limit_bytes / 2**30, 2)
     return row
 
 
 def mem(part: dict) -> str:
     anon = f" ({part['peak_anon_gib']} GiB)" if "peak_anon_gib" in part else ""
-    return f"{part['peak_pss_gib']} GiB{anon}"
+    cgroup = f"; cgroup peak {part['cgroup_peak_gib']} GiB" if "cgroup_peak_gib" in part else ""
+    return f"{part['peak_pss_gib']} GiB{anon}{cgroup}"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -170,18 +225,30 @@ def bench_scale(quick: bool) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    """Sizes to measure (10M, 100M, 1B ...); `--memory-limit 4G`: run them inside a memory cgroup of that size."""
     from .bench import load_avg
+    from .errors import UserError
 
+    limit = None
+    if "--memory-limit" in argv:
+        at = argv.index("--memory-limit")
+        if at + 1 >= len(argv):
+            raise UserError("--memory-limit needs a size, e.g. --memory-limit 4G")
+        limit, argv = size(argv[at + 1]) * 2**30 // 10**9, argv[:at] + argv[at + 2:]  # 4G: 4 GiB
+        if MemoryLimit.error():
+            raise UserError(f"--memory-limit: {MemoryLimit.error()}")
     rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
     for text in argv or ["10M"]:
         chars, la = size(text), load_avg()
-        row = {**measure(chars), "measured": f"`python -m shared.bench_scale {text}`, load {la[0]}, "
-                                             f"{time.strftime('%Y-%m-%d')}"}
+        within = f" in a {limit / 2**30:g} GiB memory cgroup" if limit else ""
+        row = {**measure(chars, limit), "measured": f"`python -m shared.bench_scale {text}`{within}, load {la[0]}, "
+                                                    f"{time.strftime('%Y-%m-%d')}"}
         rows = [r for r in rows if r["characters"] != chars] + [row]
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps({"rows": rows}, indent=1) + "\n", encoding="utf-8")
         print(markdown([row]), flush=True)
 
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from .errors import run_main
+
+    run_main(main)
