@@ -194,6 +194,7 @@ def whole_characters(data: bytes) -> bool:
 
 
 CLAUSE_ENDS = tuple(c.encode() for c in "，。；：！？、\n")
+SENTENCE_ENDS = tuple(c.encode() for c in "。！？")
 
 
 class QuoteFromSources(LogitsProcessor):
@@ -252,7 +253,9 @@ class QuoteFromSources(LogitsProcessor):
                 if float(p[list(refusing)].sum()) < self.threshold:
                     refuse = []
             allowed = quote + refuse
-            if said and whole_characters(said) and self.ends_a_clause(said):  # never inside a character
+            if said.endswith(SENTENCE_ENDS):  # one sentence at most: a quote, not a passage
+                allowed = []
+            elif said and whole_characters(said) and self.ends_a_clause(said):  # never inside a character
                 allowed.append(self.eos)
                 if not said.endswith("。".encode()):
                     allowed.extend(self.stops)
