@@ -134,7 +134,7 @@ train-mixtral: $(STAMP) ## Mixtral MoE poetry (tiny config); RECIPE=recipes/mixt
 
 estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no download: MODEL=mixtral-8x7b (or RECIPE=)
 	@test -n "$(or $(ESTIMATE_$(MODEL)),$(RECIPE))" || { echo "error: no estimate for MODEL=$(MODEL); pass RECIPE=<recipe.yaml>"; exit 2; }
-	$(PY) -m shared.estimate $(or $(RECIPE),$(ESTIMATE_$(MODEL)))
+	$(PY) -m shared.training.estimate $(or $(RECIPE),$(ESTIMATE_$(MODEL)))
 
 ##@ Phi-2 Chinese (train_phi2/)   PHI2_SIZE=gpu: the GPU-sized chain (recipes/phi2-gpu/, runs/phi2-gpu/, *-gpu_log.md)
 
@@ -177,7 +177,7 @@ rag-eval: $(STAMP) | $(call P2RUN,sft) $(call P2RUN,rag-sft) ## retrieval recall
 	  --eval $(call publish,$(call P2LOG,rag))
 
 bench-tokenizer: $(STAMP) ## tokenizer training time + peak RSS, both kinds, on SIZE= generated Chinese characters (100M, 1B)
-	$(PY) -m shared.bench_tokenizer --chars $(or $(SIZE),100M) --publish train_phi2/tokenizer_bench.md $(ARGS)
+	$(PY) -m bench.tokenizer --chars $(or $(SIZE),100M) --publish train_phi2/tokenizer_bench.md $(ARGS)
 
 # A missing stage is built with its recipe's defaults; pretrain and SFT from the bundled data even when the Hub is
 # reachable (quick; `make train-phi2` / `make phi2-sft` for the full recipe).
@@ -297,27 +297,27 @@ chat: $(STAMP) ## chat with a chat model: MODEL=nanogpt|phi2|minigl [RUN=...] [P
 	$(PY) $(MODEL_DIR)/chat.py $(ARGS)
 
 serve: $(STAMP) ## OpenAI-compatible server (transformers serve) on 127.0.0.1:PORT: MODEL=phi2|nanogpt|minigl|phi3|mixtral [RUN=...] [PORT=8000]
-	$(PY) -m shared.serve $(MODEL) --port $(or $(PORT),8000) $(ARGS)
+	$(PY) -m shared.inference.serve $(MODEL) --port $(or $(PORT),8000) $(ARGS)
 
 export: $(STAMP) ## a folder that loads without slm (GPT -> GPT2LMHeadModel, LSTM + its code, LoRA merged): MODEL=... [RUN=...] [OUT=...]
-	$(PY) -m shared.export $(MODEL) $(if $(OUT),--out $(OUT)) $(ARGS)
+	$(PY) -m shared.inference.export $(MODEL) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 .PHONY: bench-quick gpu-check compare serve export
 
 bench: $(STAMP) ## the performance benchmarks (packing, engine overhead, shakespeare-char, generation, MoE + router, bins, serving, throughput; ~45 min) -> bench/results.md
-	nice -n $(or $(NICE),10) $(PY) -m shared.bench $(RECIPE) $(ARGS)
+	nice -n $(or $(NICE),10) $(PY) -m bench.suite $(RECIPE) $(ARGS)
 
 bench-quick: $(STAMP) ## every section of make bench at a smaller size (~12 min on 2 CPU cores) -> bench/results-quick.md
-	nice -n $(or $(NICE),10) $(PY) -m shared.bench --quick $(RECIPE) $(ARGS)
+	nice -n $(or $(NICE),10) $(PY) -m bench.suite --quick $(RECIPE) $(ARGS)
 
 compare: $(STAMP) | runs/minigl/data/$(DONE) ## every architecture from scratch on the same Chinese bins and budget [BUDGET=300k] [ONLY=phi3,lstm..] -> bench/compare.md
-	nice -n $(or $(NICE),10) $(PY) -m shared.compare --budget $(or $(BUDGET),300k) $(if $(ONLY),--only $(ONLY)) $(ARGS)
+	nice -n $(or $(NICE),10) $(PY) -m bench.compare --budget $(or $(BUDGET),300k) $(if $(ONLY),--only $(ONLY)) $(ARGS)
 
 gpu-check: $(STAMP) ## on an NVIDIA GPU: each recipe's model in bf16, compile off/on: tokens/s, MFU, memory (< 8 min) -> bench/gpu_check.md
 	$(PY) bench/gpu_check.py $(ARGS)
 
 data-card: $(STAMP) ## regenerate data/README.md's data card (counts, sizes, sha256) from the files
-	$(PY) -m shared.datacard
+	$(PY) data/datacard.py
 
 clean-runs: ## delete runs/ (checkpoints and trained models)
 	rm -rf runs

@@ -1,7 +1,7 @@
 """GPU check (make gpu-check): each recipe's model for a few hundred training steps in bf16 on one NVIDIA GPU,
 torch.compile off and on: tokens/s, MFU against the chip's dense bf16 peak, peak GPU memory.
 
-Needs only torch + transformers (and shared/gpt.py, imported by path: no slm install, no datasets/trl/deepspeed, no
+Needs only torch + transformers (and shared/models/gpt.py, imported by path: no slm install, no datasets/trl/deepspeed, no
 network; synthetic tokens). Meant to finish in under 8 minutes on an H100/H200; a time budget skips what would not
 fit and says so. Writes bench/gpu_check.md + bench/gpu_check.json.
 
@@ -44,7 +44,7 @@ VOCAB = {"slm_gpt": None}  # our GPT keeps its config's vocabulary; the others g
 
 
 def import_gpt():
-    """shared/gpt.py by path (registers slm_gpt with the Auto classes) without importing the slm package."""
+    """shared/models/gpt.py by path (registers slm_gpt with the Auto classes) without importing the slm package."""
     spec = importlib.util.spec_from_file_location("slm_gpt_module", ROOT / "shared" / "gpt.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

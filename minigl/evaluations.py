@@ -5,7 +5,7 @@ metrics.json, answers_<model>.jsonl, losses.png, finetune_losses.png, metrics.pn
 
 For each model (stage.models: its pretrained and its QA-finetuned run):
 - perplexity of the pretrained model on held-out text: every token of val.bin, in fixed windows tiled over it
-  (shared.metrics.perplexity: exp of the mean next-token loss, logits shifted by one, summed over all tokens);
+  (shared.eval.metrics.perplexity: exp of the mean next-token loss, logits shifted by one, summed over all tokens);
 - answer perplexity of the finetuned model on the evaluation questions, the answer tokens (+ EOS) only;
 - Rouge-L (Chinese: one token per character) and key recall on the evaluation questions: greedy answers, cut at
   EOS or a next "Question:", the prompt never counted (minigl/sample_for_test.py writes them to answers_<model>.jsonl);
@@ -21,14 +21,16 @@ from pathlib import Path
 
 import sample_for_test  # minigl/sample_for_test.py (this script's own folder is on the path)
 import visualize  # minigl/visualize.py
-from shared import cli, stage
-from shared.bins import BinWindows
-from shared.data import read_jsonl
-from shared.errors import UserError, run_main
-from shared.generate import load
-from shared.metrics import answer_only_examples, perplexity
-from shared.models import count_parameters
-from shared.recipe import display_path
+from shared.config import cli
+from shared.training import stage
+from shared.data.bins import BinWindows
+from shared.data.sources import read_jsonl
+from shared.config.errors import UserError, run_main
+from shared.inference.generate import load
+from shared.eval.metrics import answer_only_examples, perplexity
+from shared.models.registry import count_parameters
+from shared.config.recipe import display_path
+from shared.config.runs import final_of
 
 PLOTS = ("losses.png", "finetune_losses.png", "metrics.png")
 
@@ -46,14 +48,14 @@ class EvalArgs:
 
 
 def summary(run: Path) -> dict:
-    path = run / "train_summary.json"  # written by shared/train.py into every final/
+    path = run / "train_summary.json"  # written by shared/training/train.py into every final/
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def evaluate(name: str, runs: dict, data: Path, questions: list[dict], s: EvalArgs, out: Path) -> dict:
     if set(runs) != {"pretrain", "finetune"}:
         raise UserError(f"stage.models.{name} must name its pretrain and finetune runs, got {', '.join(runs)}")
-    pre, ft = (stage.final_of(runs[k], f"stage.models.{name}.{k}") for k in ("pretrain", "finetune"))
+    pre, ft = (final_of(runs[k], f"stage.models.{name}.{k}") for k in ("pretrain", "finetune"))
     model, tok, _ = load(pre)
     windows = BinWindows(data / "val.bin", s.block_size, s.max_windows, tiled=True)
     text = perplexity(model, windows, s.batch_size, tok.pad_token_id or 0)
@@ -76,7 +78,7 @@ def main(argv: list[str]) -> None:
     s = recipe.stage
     if not s.models:
         raise UserError(f"{recipe.where('stage.models')}: stage.models is empty")
-    data = stage.final_of(s.data, "stage.data")
+    data = final_of(s.data, "stage.data")
     questions = list(read_jsonl(data / "qa_eval.jsonl"))[:s.max_questions]
     trained = {r["Question"] for r in read_jsonl(data / "qa_train.jsonl")}
     if any(q["Question"] in trained for q in questions):
@@ -84,9 +86,9 @@ def main(argv: list[str]) -> None:
     with stage.output(recipe, "MiniGLM: transformer vs LSTM", publish_log=opts.publish_log) as out:
         results = {name: evaluate(name, runs, data, questions, s, out.dir) for name, runs in s.models.items()}
         (out.dir / "metrics.json").write_text(json.dumps(results, ensure_ascii=False, indent=1), encoding="utf-8")
-        visualize.plot_losses({n: visualize.run_history(stage.final_of(r["run"])) for n, r in results.items()},
+        visualize.plot_losses({n: visualize.run_history(final_of(r["run"])) for n, r in results.items()},
                               out.dir / PLOTS[0], title="MiniGLM pretraining: transformer vs LSTM")
-        visualize.plot_losses({n: visualize.run_history(stage.final_of(r["finetune_run"])) for n, r in results.items()},
+        visualize.plot_losses({n: visualize.run_history(final_of(r["finetune_run"])) for n, r in results.items()},
                               out.dir / PLOTS[1], title="MiniGLM QA finetuning (answer tokens only)")
         visualize.plot_metrics(results, out.dir / PLOTS[2])
         out.log.facts.update({

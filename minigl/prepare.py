@@ -22,7 +22,7 @@ The writer then, for every stage alike:
    `split: eval` questions to qa_eval.jsonl (scored, never trained on), and refuses a corpus that contains an
    evaluation question verbatim;
 5. loads the recipe's tokenizer (offline: a byte-level BPE with one token per Chinese character, trained on the
-   training documents) and writes train.bin / val.bin / meta.json (shared/bins.py) + the tokenizer into
+   training documents) and writes train.bin / val.bin / meta.json (shared/data/bins.py) + the tokenizer into
    runs/minigl/<stage>/final/.
 """
 from __future__ import annotations
@@ -38,12 +38,15 @@ from typing import Callable, Iterable
 
 from datasets import Dataset
 
-from shared import bins, cli, stage
-from shared.data import file_digest, load_local, read_jsonl, split_train_eval
-from shared.errors import UserError, run_main
-from shared.recipe import resolve_path
-from shared.tokenizer import load_tokenizer
-from shared.train import cache_root
+from shared.data import bins
+from shared.config import cli
+from shared.training import stage
+from shared.data.sources import file_digest, load_local, read_jsonl, split_train_eval
+from shared.config.errors import UserError, run_main
+from shared.config.recipe import resolve_path
+from shared.data.tokenizer import load_tokenizer
+from shared.training.train import cache_root
+from shared.config.runs import final_of
 
 CHAPTER = re.compile(r"^第[一二三四五六七八九十百零〇\d]+[章回节]")
 
@@ -150,7 +153,7 @@ def documents(recipe, reader: Callable[[Path], Iterable[dict]], corpus: Path, ev
             add({**row, "split": "val" if row["id"] in val_ids else "train"}, out)
         for ref in s.include:
             h, n = hashlib.sha256(), 0
-            for row in read_jsonl(stage.final_of(ref, "stage.include") / "corpus.jsonl"):
+            for row in read_jsonl(final_of(ref, "stage.include") / "corpus.jsonl"):
                 h.update(json.dumps(row, ensure_ascii=False).encode())
                 n += 1
                 if hashlib.sha1(row["text"].encode()).digest() not in seen:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import prepare  # minigl/prepare.py, the writer (this script's own folder is on the path)
-from shared.data import read_jsonl
-from shared.errors import UserError, run_main
+from shared.data.sources import read_jsonl
+from shared.config.errors import UserError, run_main
 
 
 def read_zhihu(path: Path):

@@ -14,11 +14,12 @@ import json
 import os
 from pathlib import Path
 
-from shared.data import read_jsonl
-from shared.errors import UserError, run_main
-from shared.generate import find_run, load
-from shared.metrics import qa_eval
-from shared.recipe import resolve_path
+from shared.data.sources import read_jsonl
+from shared.config.errors import UserError, run_main
+from shared.config.runs import find_run
+from shared.inference.generate import load
+from shared.eval.metrics import qa_eval
+from shared.config.recipe import resolve_path
 
 
 def prompt_template(recipe: dict, where: str) -> str:

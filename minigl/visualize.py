@@ -15,7 +15,7 @@ repository root, like recipe paths), or the log history itself:
      "lstm":        {"perplexity": 41.7, ..., "log_history": [{"step": 10, "loss": 5.2}, ...]}}
 
 (`{"models": {...}}` around it works too.) A run folder's loss history is, in this order: final/log_history.json,
-the table of final/train_log.md (shared/runlog.py writes it from the whole run), or the newest checkpoint's
+the table of final/train_log.md (shared/training/runlog.py writes it from the whole run), or the newest checkpoint's
 trainer_state.json (a run still training). The x axis is tokens seen when every point records them
 (num_input_tokens_seen: fair when the models use different batch or block sizes), else the optimizer step.
 """
@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 from shared import REPO_ROOT
-from shared.errors import UserError, run_main
+from shared.config.errors import UserError, run_main
 
 METRICS = {  # key -> panel title, in panel order
     "perplexity": "perplexity (validation)\nlower is better",

@@ -75,7 +75,7 @@ def tiny_model(folder: Path, texts: list[str], positions: int = 512, seed: int =
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from shared.tokenizer import train_bpe
+    from shared.data.tokenizer import train_bpe
 
     tok = train_bpe(iter([texts]), vocab_size=600, min_frequency=1, folder=folder / "tok")
     config = GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=32, n_layer=2, n_head=2,
@@ -89,7 +89,8 @@ def tiny_model(folder: Path, texts: list[str], positions: int = 512, seed: int =
 def sft_first_batch(recipe) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) of each row of the first training batch TRL's SFTTrainer builds for an sft recipe, padding
     removed: what the loss really sees."""
-    from shared import models, train
+    from shared.models import registry as models
+    from shared.training import train
 
     data = train.load_data(recipe)
     model = models.build_model(recipe, models.model_config(recipe), data.tokenizer)
@@ -111,7 +112,7 @@ def split_at_loss(tokenizer, ids: list[int], labels: list[int]) -> tuple[str, st
 
 
 class FakeTrainer:
-    """What shared.train.save_final asks of a Trainer (one process, no DeepSpeed), around a model built in a test."""
+    """What shared.training.train.save_final asks of a Trainer (one process, no DeepSpeed), around a model built in a test."""
 
     def __init__(self, model):
         from types import SimpleNamespace

@@ -2,9 +2,9 @@
 paired ratios, and the router-health flag on the reference log's expert-load table."""
 import torch
 
-from shared.bench import (REFERENCE_EXPERT_SHARES, interleaved, median_ratio, packed_batches, padded_batches,
+from bench.suite import (REFERENCE_EXPERT_SHARES, interleaved, median_ratio, packed_batches, padded_batches,
                           useful_tokens)
-from shared.moe import expert_load_markdown, router_health
+from shared.models.moe import expert_load_markdown, router_health
 
 DOCS = [[1] * 3, [2] * 10, [3] * 5, [4] * 7]  # 25 tokens in four documents
 
@@ -68,7 +68,7 @@ def test_expert_load_markdown_flags_collapse():
 
 
 def test_expert_table_reads_the_run_logs_shares(tmp_path):
-    from shared.bench import expert_table
+    from bench.suite import expert_table
 
     log = tmp_path / "train_log.md"
     log.write_text("# x\n\n## Expert load after training (validation tokens)\n\nShare of routed tokens.\n\n"

@@ -8,10 +8,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from shared import bins
-from shared.errors import UserError
-from shared.recipe import TokenizerArgs
-from shared.tokenizer import load_tokenizer
+from shared.data import bins
+from shared.config.errors import UserError
+from shared.config.recipe import TokenizerArgs
+from shared.data.tokenizer import load_tokenizer
 
 DOCS = ["The sky is blue because air scatters short wavelengths.", "春天来了，柳枝在风里说话。",
         "Line one\nline two\n\n  indented, trailing space ", "🐟 emoji and <b>markup</b>", "x"] * 7

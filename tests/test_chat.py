@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from conftest import PY, REPO
-from shared import chat
-from shared.errors import UserError
+from shared.inference import chat
+from shared.config.errors import UserError
 
 NANOGPT = {"user": "<user>{text}<end>\n", "assistant": "<assistant>", "end": "<end>", "separator": "\n"}
 HELLO = "<user>Hello<end>\n<assistant>Hi! I am fine.<end>\n"
@@ -37,7 +37,7 @@ def make_run(root: Path, model: str = "tiny", run_name: str = "chat", chat_forma
     (pytest's basetemp)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from shared.tokenizer import train_bpe, with_specials
+    from shared.data.tokenizer import train_bpe, with_specials
 
     final = root / model / run_name / "final"
     if (final / "config.json").is_file():
@@ -80,7 +80,8 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(root):
-    from shared.generate import find_run, load
+    from shared.config.runs import find_run
+from shared.inference.generate import load
 
     return load(find_run("tiny", None, root))
 
@@ -197,7 +198,7 @@ def test_one_shot_prints_the_answer_and_a_bad_key_or_plain_model_is_one_line(roo
 def test_the_repl_reads_a_pipe_line_by_line_keeps_context_resets_and_exits_0_at_eof(root):
     import subprocess
 
-    proc = subprocess.run([PY, "-m", "shared.chat", "tiny", "--root", str(root), "--show-prompt"], cwd=REPO,
+    proc = subprocess.run([PY, "-m", "shared.inference.chat", "tiny", "--root", str(root), "--show-prompt"], cwd=REPO,
                           input="Hello\nHow are you?\n/reset\nHow are you?\n", capture_output=True, text=True,
                           timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -212,12 +213,12 @@ def test_the_repl_reads_a_pipe_line_by_line_keeps_context_resets_and_exits_0_at_
 
 
 def spawn(args: list[str]) -> tuple[int, int]:
-    """`python -m shared.chat ...` on a new pseudo-terminal (its controlling terminal: Ctrl-C becomes SIGINT)."""
+    """`python -m shared.inference.chat ...` on a new pseudo-terminal (its controlling terminal: Ctrl-C becomes SIGINT)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: never returns
         try:
             os.chdir(REPO)
-            os.execve(PY, [PY, "-m", "shared.chat", *args], {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb"})
+            os.execve(PY, [PY, "-m", "shared.inference.chat", *args], {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb"})
         finally:
             os._exit(127)
     return pid, fd

@@ -11,10 +11,10 @@ import pytest
 from conftest import REPO, run
 from transformers import MixtralConfig
 
-from shared.compare import flops_per_token, load_recipes, matmul_parameters, parse_budget, read_run
-from shared.errors import UserError
-from shared.gpt import GPTConfig
-from shared.lstm import LSTMConfig
+from bench.compare import flops_per_token, load_recipes, matmul_parameters, parse_budget, read_run
+from shared.config.errors import UserError
+from shared.models.gpt import GPTConfig
+from shared.models.lstm import LSTMConfig
 
 
 def test_budget_suffixes_and_errors():
@@ -84,7 +84,7 @@ def test_two_architectures_on_one_budget_and_a_rerun_gives_the_same_losses(bins,
     tables = []
     for attempt, only in (("a", "minigl-gpt,minigl-lstm"), ("b", "minigl-gpt")):
         out = tmp_path / attempt
-        run(["-m", "shared.compare", "--budget", "1k", "--only", only, "--out", str(out),
+        run(["-m", "bench.compare", "--budget", "1k", "--only", only, "--out", str(out),
              f"run.output_root={tmp_path / ('runs-' + attempt)}", *common], timeout=300)
         tables.append(json.loads((out / "compare.json").read_text(encoding="utf-8"))["rows"])
         md = (out / "compare.md").read_text(encoding="utf-8")
@@ -103,7 +103,7 @@ def test_two_architectures_on_one_budget_and_a_rerun_gives_the_same_losses(bins,
 
 
 def test_a_mismatched_override_and_an_unknown_model_fail_in_one_line():
-    proc = run(["-m", "shared.compare", "--only", "phi3,gpt5", "--budget", "1k"], check=False)
+    proc = run(["-m", "bench.compare", "--only", "phi3,gpt5", "--budget", "1k"], check=False)
     assert proc.returncode != 0 and "unknown gpt5" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run(["-m", "shared.compare", "--budget", "lots"], check=False)
+    proc = run(["-m", "bench.compare", "--budget", "lots"], check=False)
     assert proc.returncode != 0 and "BUDGET='lots'" in proc.stderr

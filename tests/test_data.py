@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from shared import data as D
-from shared.errors import UserError
-from shared.recipe import DataArgs
-from shared.tokenizer import train_bpe
+from shared.data import sources as D
+from shared.config.errors import UserError
+from shared.config.recipe import DataArgs
+from shared.data.tokenizer import train_bpe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,8 +107,8 @@ def test_pack_joins_documents_with_eos_into_full_blocks(tmp_path):
 
 MEMORY_PROBE = """
 import json, resource, sys
-from shared import data as D
-from shared.recipe import DataArgs
+from shared.data import sources as D
+from shared.config.recipe import DataArgs
 
 def vmdata():  # private memory the process has mapped (what RLIMIT_DATA limits); file mappings don't count
     return next(int(l.split()[1]) << 10 for l in open("/proc/self/status") if l.startswith("VmData:"))
@@ -161,8 +161,8 @@ def test_eval_sample_is_seeded_spread_over_the_split_and_bounded():
 
 
 def test_the_final_evaluation_is_cut_to_eval_max_tokens_and_the_log_says_so(tmp_path):
-    from shared import train
-    from shared.recipe import load_recipe
+    from shared.training import train
+    from shared.config.recipe import load_recipe
 
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": f"第{i}首：" + "春风吹过长河，" * 6} for i in range(400)])
     common = [f"data.path={corpus}", "data.template='{text}'", "data.block_size=16", "tokenizer.vocab_size=400", "validation_fraction=0.25",

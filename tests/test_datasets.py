@@ -1,7 +1,7 @@
 """The bundled corpora in data/: schema, sizes, duplicates, variety, grounding, references, encoding, data card.
 
 Fast and offline (a few seconds): no model, no tokenizer, only the files. The set definitions (paths, schemas,
-text fields, quality floors and their justification) live in shared/datacard.py, which also writes the card in
+text fields, quality floors and their justification) live in data/datacard.py, which also writes the card in
 data/README.md; see that file's "Quality checks" section for the thresholds in prose.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from shared import data as D
-from shared import datacard as C
-from shared.datacard import BY_KEY, SPECS
+from shared.data import sources as D
+from data import datacard as C
+from data.datacard import BY_KEY, SPECS
 
 JSONL_SPECS = [s for s in SPECS if s.schema]
 ID_PATTERNS = {
@@ -184,7 +184,7 @@ def test_near_duplicate_rate(spec):
     assert st.near_rate <= C.MAX_NEAR_DUP_RATE, pairs[:10]
 
 
-# Floors (shared/datacard.py, where they are justified at length): 0.75 for Chinese character 4-grams (the sets
+# Floors (data/datacard.py, where they are justified at length): 0.75 for Chinese character 4-grams (the sets
 # measure 0.84-0.93), 0.60 for the facts (triples whose subjects repeat by design; 0.73), 0.80 for English word
 # 3-grams (character 4-grams of any English text are ~0.15-0.2; word 3-grams measure ~0.96). Repeated or
 # templated text scores about half of natural text, well under each floor (test_floors_catch_repetition).

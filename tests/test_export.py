@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import REPO, TINY_PHI3, FakeTrainer, run
-from shared.gpt import GPTConfig, GPTForCausalLM
+from shared.models.gpt import GPTConfig, GPTForCausalLM
 
 
 def random_gpt(bias: bool, seed: int = 0, vocab: int = 300) -> GPTForCausalLM:
@@ -36,7 +36,7 @@ def random_gpt(bias: bool, seed: int = 0, vocab: int = 300) -> GPTForCausalLM:
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_our_gpt_exports_to_gpt2_with_the_same_logits(bias):
-    from shared.export import to_gpt2
+    from shared.inference.export import to_gpt2
 
     ours = random_gpt(bias)
     gpt2 = to_gpt2(ours)
@@ -55,8 +55,8 @@ def test_our_gpt_exports_to_gpt2_with_the_same_logits(bias):
 
 def save_run(final: Path, model, texts: list[str], generation: dict) -> Path:
     """A run's final/ as training writes it: weights + the preset, tokenizer, recipe.yaml."""
-    from shared.generate import generation_config
-    from shared.tokenizer import train_bpe
+    from shared.inference.generate import generation_config
+    from shared.data.tokenizer import train_bpe
 
     tok = train_bpe(iter([texts * 4]), model.config.vocab_size, 1, final.parent / ".tok")
     assert len(tok) <= model.config.vocab_size
@@ -68,7 +68,7 @@ def save_run(final: Path, model, texts: list[str], generation: dict) -> Path:
 
 
 def lstm(seed: int = 0):
-    from shared.lstm import LSTMConfig, LSTMForCausalLM
+    from shared.models.lstm import LSTMConfig, LSTMForCausalLM
 
     torch.manual_seed(seed)
     return LSTMForCausalLM(LSTMConfig(vocab_size=300, n_embd=32, n_layer=2, block_size=64, bos_token_id=0,
@@ -83,7 +83,7 @@ PRESET = {"do_sample": True, "temperature": 0.8, "top_k": 50, "max_new_tokens": 
 def test_the_lstm_exports_with_its_code_and_loads_with_trust_remote_code(tmp_path):
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from shared.export import export
+    from shared.inference.export import export
 
     final = save_run(tmp_path / "runs/minigl/lstm/final", lstm(), TEXTS, PRESET)
     assert "LSTMForCausalLM" in export(final, tmp_path / "out")
@@ -107,11 +107,11 @@ def test_a_lora_run_gets_a_merged_model_that_serves_like_the_others(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
 
-    from shared import serve
-    from shared.export import export
-    from shared.generate import find_run
-    from shared.recipe import load_recipe
-    from shared.train import save_final
+    from shared.inference import serve
+    from shared.inference.export import export
+    from shared.config.runs import find_run
+    from shared.config.recipe import load_recipe
+    from shared.training.train import save_final
 
     torch.manual_seed(0)
     base = Phi3ForCausalLM(Phi3Config(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -147,7 +147,7 @@ def test_a_lora_training_run_writes_its_merged_model_and_generates_from_it(tmp_p
 
 
 def tokenizer(folder: Path):
-    from shared.tokenizer import train_bpe
+    from shared.data.tokenizer import train_bpe
 
     return train_bpe(iter([TEXTS * 4]), 300, 1, folder / ".tok")
 
@@ -214,8 +214,9 @@ print(json.dumps(out))
 @pytest.mark.slow
 def test_exports_load_and_generate_in_a_fresh_venv_like_make_generate(tmp_path):
     """`make export` of a GPT run and an LSTM run; a venv with only torch + transformers loads both and generates
-    greedily exactly what `make generate` (shared.generate.generate, do_sample=false) writes with slm."""
-    from shared.generate import find_run, generate, load
+    greedily exactly what `make generate` (shared.inference.generate.generate, do_sample=false) writes with slm."""
+    from shared.config.runs import find_run
+from shared.inference.generate import generate, load
 
     root = tmp_path / "runs"
     save_run(root / "nanogpt/gpt/final", random_gpt(bias=False, vocab=320), TEXTS, PRESET)

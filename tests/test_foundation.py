@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import REPO, TINY_PHI3, run
 
-from shared.errors import UserError
-from shared.recipe import load_recipe
+from shared.config.errors import UserError
+from shared.config.recipe import load_recipe
 from test_recipe import BASE, write  # the same small recipe and writer
 
 
@@ -100,7 +100,7 @@ def tiny_run(tmp_path_factory):
 def test_plain_transformers_uses_the_recipes_preset_and_context(tiny_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shared.generate import generate
+    from shared.inference.generate import generate
 
     _, final = tiny_run
     model = AutoModelForCausalLM.from_pretrained(final).eval()
@@ -190,7 +190,8 @@ def qa_file(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lm", "sft", "dpo"])
 def test_each_trainer_kind_trains_a_tiny_model_through_train(kind, qa_file, tmp_path):
-    from shared import models, train
+    from shared.models import registry as models
+    from shared.training import train
 
     recipe = load_recipe(write(tmp_path, KIND_RECIPE.format(kind=kind, data=qa_file, templates=TEMPLATES[kind],
                                                             root=tmp_path / "runs")))

@@ -1,4 +1,4 @@
-"""shared/gpt.py: nanoGPT's GPT as a transformers model (counts, loss, causality, reload, cached generation, padding,
+"""shared/models/gpt.py: nanoGPT's GPT as a transformers model (counts, loss, causality, reload, cached generation, padding,
 training, TRL). Tiny configs on CPU; the document-sized model is only ever built on the meta device."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from shared.gpt import GPTConfig, GPTForCausalLM, GPTModel
+from shared.models.gpt import GPTConfig, GPTForCausalLM, GPTModel
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -104,7 +104,7 @@ def test_loss_is_shifted_cross_entropy():
     # The Trainer's loss kwargs: with num_items_in_batch the loss is the sum over tokens divided by that count.
     summed = F.cross_entropy(out.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), reduction="sum")
     torch.testing.assert_close(model(ids, labels=labels, num_items_in_batch=torch.tensor(50)).loss, summed / 50)
-    # shared/bins.py windows: input w[:-1] with targets w[1:] as shift_labels, so every position is trained.
+    # shared/data/bins.py windows: input w[:-1] with targets w[1:] as shift_labels, so every position is trained.
     window = torch.randint(0, 97, (2, 13))
     out = model(window[:, :-1], labels=window[:, :-1], shift_labels=window[:, 1:])
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits.reshape(-1, 97), window[:, 1:].reshape(-1)))
@@ -263,7 +263,7 @@ def test_trl_sft_one_step_on_prompt_completion_data(tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from shared.tokenizer import train_bpe
+    from shared.data.tokenizer import train_bpe
 
     text = "the quick brown fox jumps over the lazy dog. question: what jumps? answer: the fox."
     tok = train_bpe(iter([[text] * 50]), 300, 1, tmp_path / "tok")
@@ -284,7 +284,7 @@ def test_trl_dpo_two_steps_learn_the_preference(tmp_path):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from shared.tokenizer import train_bpe
+    from shared.data.tokenizer import train_bpe
 
     text = "the quick brown fox jumps over the lazy dog. question: what jumps? answer: the fox."
     tok = train_bpe(iter([[text] * 50]), 300, 1, tmp_path / "tok")
@@ -305,10 +305,10 @@ def test_trl_dpo_two_steps_learn_the_preference(tmp_path):
 
 @pytest.mark.slow
 def test_a_fresh_process_loads_a_checkpoint_after_importing_shared_gpt_twice(tmp_path):
-    """What shared/models.py relies on: importing the module registers the classes (a second import or a reload
+    """What shared/models/registry.py relies on: importing the module registers the classes (a second import or a reload
     must not raise), and then AutoModelForCausalLM loads the folder with no trust_remote_code."""
     tiny(scale=0.3).save_pretrained(tmp_path)
-    code = ("import importlib, sys, torch, shared.gpt; importlib.reload(shared.gpt); import shared.gpt;"
+    code = ("import importlib, sys, torch, shared.models.gpt; importlib.reload(shared.models.gpt); import shared.models.gpt;"
             "from transformers import AutoModelForCausalLM;"
             f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r});"
             "assert type(m).__name__ == 'GPTForCausalLM' and m.lm_head.weight is m.transformer.wte.weight;"

@@ -1,4 +1,4 @@
-"""shared/lstm.py: the LSTM baseline as a transformers model (loss, causality, reload, generation that carries the
+"""shared/models/lstm.py: the LSTM baseline as a transformers model (loss, causality, reload, generation that carries the
 LSTM state, left padding, training). Tiny configs on CPU."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
-from shared.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+from shared.models.lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -193,7 +193,7 @@ def test_trl_sft_one_step(tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from shared.tokenizer import train_bpe
+    from shared.data.tokenizer import train_bpe
 
     text = "the quick brown fox jumps over the lazy dog. question: what jumps? answer: the fox."
     tok = train_bpe(iter([[text] * 50]), 300, 1, tmp_path / "tok")

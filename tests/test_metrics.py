@@ -1,4 +1,4 @@
-"""shared/metrics.py and minigl/visualize.py on known cases: perplexity with the shift, over every token, answer tokens
+"""shared/eval/metrics.py and minigl/visualize.py on known cases: perplexity with the shift, over every token, answer tokens
 only; Chinese Rouge-L by hand; averages over questions; the prompt never scored; key recall; valid PNGs.
 
 Where the MiniGLM document's evaluation gets a case wrong, its method is written out here (`_document_*`) and
@@ -18,9 +18,9 @@ from transformers import (GenerationMixin, GPT2Config, GPT2LMHeadModel, Pretrain
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from minigl import visualize
-from shared import metrics
-from shared.errors import UserError
-from shared.metrics import (IGNORE, ChineseTokenizer, answer_only, answer_only_example, key_recall, perplexity,
+from shared.eval import metrics
+from shared.config.errors import UserError
+from shared.eval.metrics import (IGNORE, ChineseTokenizer, answer_only, answer_only_example, key_recall, perplexity,
                             qa_eval, rouge_l, rouge_l_corpus, rouge_l_score)
 
 
@@ -344,7 +344,7 @@ def test_visualize_writes_pngs_with_both_models(tmp_path):
 
 
 def test_visualize_cli_reads_metrics_json_and_run_folders(tmp_path):
-    # a run with a checkpoint's trainer_state.json, another with only final/train_log.md (shared/runlog.py's table)
+    # a run with a checkpoint's trainer_state.json, another with only final/train_log.md (shared/training/runlog.py's table)
     ckpt = tmp_path / "runs" / "gpt" / "checkpoint-100"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 100, "log_history": history(8, 4096)}))

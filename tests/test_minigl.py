@@ -49,7 +49,7 @@ def test_readers_and_cleaning(scripts, tmp_path):
 def test_each_prepare_script_writes_jsonl_and_bins(data):
     import numpy as np
 
-    from shared.bins import read_bin, read_meta
+    from shared.data.bins import read_bin, read_meta
 
     for name, source in (("jynews", "data/world/news.jsonl"), ("zhihu", "data/zhihu/zhihu.jsonl"),
                          ("data", "data/world/story.txt")):
@@ -89,9 +89,9 @@ def test_eval_questions_never_reach_training(data):
 def test_sft_loss_covers_the_answer_tokens_only(data):
     """The SFT trainer's own dataloader batch: label -100 on every prompt token and on padding; the answer's
     tokens and the EOS after it carry their own ids (the model shifts them: logits at t predict label t+1)."""
-    from shared import models
-    from shared.recipe import load_recipe
-    from shared.train import load_data, trainer_class, training_arguments
+    from shared.models import registry as models
+    from shared.config.recipe import load_recipe
+    from shared.training.train import load_data, trainer_class, training_arguments
 
     final = data / "minigl" / "data" / "final"
     recipe = load_recipe(REPO / "recipes/minigl/finetune.yaml", [
@@ -156,7 +156,7 @@ def test_both_models_train_and_evaluate_end_to_end(data, tmp_path):
     assert losses[-1] < losses[0] - 0.3, losses
     from transformers import AutoTokenizer
 
-    from shared.export import export
+    from shared.inference.export import export
 
     for name in ("finetune", "lstm-finetune"):  # both QA finetunes carry the chat template of their format
         tok = AutoTokenizer.from_pretrained(data / "minigl" / name / "final")

@@ -9,7 +9,7 @@ import torch
 from conftest import REPO, run
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from shared.moe import expert_load, expert_load_markdown
+from shared.models.moe import expert_load, expert_load_markdown
 
 
 def config(name: str, **kw):
@@ -61,7 +61,7 @@ def test_moe_trainer_evaluates_the_language_model_loss_alone(tmp_path):
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from shared.moe import MoETrainer
+    from shared.training.moe_trainer import MoETrainer
 
     torch.manual_seed(0)
     cfg = config("mixtral_tiny.json", vocab_size=64, hidden_size=32, intermediate_size=32, num_attention_heads=4,
@@ -85,7 +85,7 @@ def test_balance_loss_per_layer_sees_what_the_pooled_loss_misses():
     balanced minimum (top_k = 2); per layer it is maximal (8 = E); an even router scores 2 both ways."""
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
-    from shared.moe import per_layer_balance_loss
+    from shared.models.moe import per_layer_balance_loss
 
     tokens, experts = 64, 8
     layers = []
@@ -103,7 +103,8 @@ def test_balance_loss_per_layer_sees_what_the_pooled_loss_misses():
 def test_moe_trainer_trains_on_the_per_layer_balance_loss_when_configured(tmp_path):
     from transformers import TrainingArguments
 
-    from shared.moe import MoETrainer, per_layer_balance_loss
+    from shared.models.moe import per_layer_balance_loss
+    from shared.training.moe_trainer import MoETrainer
 
     torch.manual_seed(0)
     cfg = config("mixtral_tiny.json", vocab_size=64, hidden_size=32, intermediate_size=32, num_attention_heads=4,
@@ -185,7 +186,7 @@ def test_two_processes_through_the_makefile_launcher_end_with_identical_weights(
 
 
 def test_mixtral_recipe_mirrors_the_document():
-    from shared.recipe import load_recipe
+    from shared.config.recipe import load_recipe
 
     r = load_recipe(REPO / "recipes/mixtral/pretrain.yaml")
     t = r.training
@@ -238,9 +239,9 @@ def test_launcher_commands():
 
 
 def test_recipe_chooses_the_experts_implementation():
-    from shared.errors import UserError
-    from shared.models import build_model, model_config
-    from shared.recipe import load_recipe
+    from shared.config.errors import UserError
+    from shared.models.registry import build_model, model_config
+    from shared.config.recipe import load_recipe
 
     small = ["model.overrides.hidden_size=32", "model.overrides.intermediate_size=32", "model.overrides.num_hidden_layers=1",
              "model.overrides.num_attention_heads=4", "model.overrides.num_key_value_heads=4"]

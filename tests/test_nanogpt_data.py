@@ -6,10 +6,10 @@ import pytest
 from conftest import run
 from datasets import Dataset
 
-from shared import bins
-from shared.data import split_train_eval
-from shared.errors import UserError
-from shared.recipe import load_recipe
+from shared.data import bins
+from shared.data.sources import split_train_eval
+from shared.config.errors import UserError
+from shared.config.recipe import load_recipe
 from train_nanogpt.create_first_training_data import (DataStageArgs, chat_text, load_sources, main, parse_source,
                                                       record_turns, to_chat)
 
@@ -139,7 +139,7 @@ PLAY = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 
 
 def test_char_tokenizer_vocabulary_is_exactly_the_corpus_characters():
-    from shared.tokenizer import char_tokenizer
+    from shared.data.tokenizer import char_tokenizer
 
     tok = char_tokenizer([PLAY[:300], PLAY[300:]])
     chars = sorted(set(PLAY))

@@ -51,7 +51,7 @@ def test_finetune_starts_from_the_pretrained_weights(runs):
     assert tuned < scratch - 1.0, (tuned, scratch)  # a random init starts near ln(vocab)
     from transformers import AutoConfig
 
-    import shared.models  # noqa: F401  (registers slm_gpt)
+    import shared.models.registry  # noqa: F401  (registers slm_gpt)
 
     assert AutoConfig.from_pretrained(runs / "nanogpt" / "finetune" / "final").dropout == 0.1
     from transformers import AutoTokenizer
@@ -67,7 +67,7 @@ def test_reload_and_generate_with_and_without_the_cache(runs):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import shared.models  # noqa: F401
+    import shared.models.registry  # noqa: F401
 
     final = runs / "nanogpt" / "pretrain" / "final"
     model = AutoModelForCausalLM.from_pretrained(final).eval()

@@ -8,10 +8,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import REPO
-from shared import cli, errors
-from shared.errors import UserError
-from shared.recipe import load_recipe
-from shared.textgen import bundled_chinese_texts
+from shared.config import cli
+from shared.config import errors
+from shared.config.errors import UserError
+from shared.config.recipe import load_recipe
+from bench.textgen import bundled_chinese_texts
 from train_phi2.tokenizer import main as tokenizer_main
 
 REFERENCE = REPO / "train_phi2" / "tokenizer_log.md"
@@ -85,7 +86,7 @@ def test_make_publish_yes_asks_for_it_and_other_values_are_refused():
 
 
 def test_a_mapping_where_a_template_belongs_is_one_line(tmp_path, capsys):
-    from shared.train import main as train_main
+    from shared.training.train import main as train_main
 
     code, _, err = run_script(lambda argv: train_main(argv, "recipes/phi2/sft.yaml", "Phi-2"),
                               ["recipes/phi2/sft.yaml", "data.templates.prompt={nope}"], capsys)

@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, log_history, run, sft_first_batch, split_at_loss
 from datasets import Dataset
 
-from shared.data import pack
+from shared.data.sources import pack
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_pretraining_lowers_the_loss_and_the_model_reloads_and_generates(chain):
 
 @pytest.mark.slow
 def test_sft_loss_covers_the_answer_and_eos_only(chain, tmp_path):
-    from shared import train
-    from shared.recipe import load_recipe
+    from shared.training import train
+    from shared.config.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes/phi2/sft.yaml", [
         f"run.output_root={chain}", f"model.init_from={chain}/phi2/pretrain", f"tokenizer.name={chain}/phi2/pretrain",
@@ -84,9 +84,10 @@ def test_sft_and_dpo_runs_print_no_deprecation_warnings(stage, tmp_path):
     """TRL's configs default `gradient_checkpointing` (transformers 5's old name) to True: ~10 FutureWarnings a run."""
     import warnings
 
-    from shared import models, train
-    from shared.recipe import load_recipe
-    from shared.tokenizer import train_tokenizer, wrap
+    from shared.models import registry as models
+    from shared.training import train
+    from shared.config.recipe import load_recipe
+    from shared.data.tokenizer import train_tokenizer, wrap
 
     qa = [("苇川在哪里？", "苇川在河的东岸。"), ("老街叫什么？", "老街叫望河街。"), ("谁修的桥？", "桥是一九五六年修的。")] * 4
     data = tmp_path / "qa.jsonl"

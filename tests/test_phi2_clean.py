@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run
 
-from shared.errors import UserError
-from shared.recipe import load_recipe
+from shared.config.errors import UserError
+from shared.config.recipe import load_recipe
 from train_phi2 import clean
 
 FIXTURES = REPO / "tests" / "fixtures" / "phi2_clean"

@@ -9,11 +9,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import REPO, run
-from shared.bench_tokenizer import parse_size
-from shared.errors import UserError
-from shared.recipe import load_recipe
-from shared.textgen import NgramModel, bundled_chinese_texts
-from shared.tokenizer import PROBES, SFT_MARKERS, TokenizerTraining, marker_tokens, train_from_texts
+from bench.tokenizer import parse_size
+from shared.config.errors import UserError
+from shared.config.recipe import load_recipe
+from bench.textgen import NgramModel, bundled_chinese_texts
+from shared.data.tokenizer import PROBES, SFT_MARKERS, TokenizerTraining, marker_tokens, train_from_texts
 
 SOURCE = list(bundled_chinese_texts())
 EXTRA = ["Mixed English and 中文 123!\tTabs\tand  double  spaces.",
@@ -145,7 +145,7 @@ def test_the_log_records_the_input_relative_to_the_repository(tmp_path):
 def test_a_tokenizer_later_runs_were_built_from_is_not_replaced_by_another_recipe(tmp_path):
     """make phi2-tokenizer ARGS="stage.vocab_size=..." used to replace runs/phi2/tokenizer/final under the pretrained
     and SFT models built from it."""
-    from shared import stage
+    from shared.training import stage
 
     root = tmp_path / "runs"
     common = ["train_phi2/tokenizer.py", f"run.output_root={root}", "stage.input=tests/fixtures/phi2_clean/dirty.jsonl",

@@ -1,4 +1,4 @@
-"""RAG retrieval (shared/retrieval.py, train_phi2/rag.py): chunking at Chinese sentence ends, the signed index that is
+"""RAG retrieval (shared/eval/retrieval.py, train_phi2/rag.py): chunking at Chinese sentence ends, the signed index that is
 reused, rebuilt on change and never loaded when tampered with, dense / BM25 / combined retrieval on the bundled
 苇川 documents, and the answer() plumbing through HuggingFacePipeline with a tiny random GPT-2."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 
-from shared import retrieval
-from shared.errors import UserError
+from shared.eval import retrieval
+from shared.config.errors import UserError
 from conftest import PY, REPO, run, small_kb, tiny_model
 
 EMBEDDING = "use"  # the fastest packaged model to build an index with (the recipe's default is measured by rag-eval)
@@ -216,7 +216,7 @@ def test_answer_plumbing_with_a_tiny_model(tmp_path, kb, embedding):
 
 
 def test_recipe_stage_section_is_checked():
-    from shared.recipe import load_recipe
+    from shared.config.recipe import load_recipe
     RagSettings, check = retrieval.RagSettings, retrieval.check_settings
 
     recipe = load_recipe(REPO / "recipes/phi2/rag.yaml", stage=RagSettings)
@@ -231,7 +231,7 @@ def test_recipe_stage_section_is_checked():
 
 def test_a_misnamed_key_gets_a_did_you_mean_and_a_bad_override_is_blamed_on_the_override(tmp_path):
     """make rag ARGS="stage.top_k=0" suggests stage.k; ARGS="stage.k=0" names the override, not rag.yaml."""
-    from shared.recipe import load_recipe
+    from shared.config.recipe import load_recipe
 
     with pytest.raises(UserError, match=r"unknown key 'stage.top_k' \(did you mean 'k'\?\)"):
         load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.top_k=0"], stage=retrieval.RagSettings)

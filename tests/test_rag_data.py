@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import REPO, run, sft_first_batch, small_kb, split_at_loss, tiny_model
 
-from shared import retrieval
-from shared.generate import NoRepeatInAnswer
+from shared.eval import retrieval
+from shared.inference.generate import NoRepeatInAnswer
 
 DOC_IDS = {"enc-001", "enc-002", "enc-005", "news-002", "news-003"}
 LEAKED = "1999年长虹桥大修期间，老渡头临时恢复的渡船多久开一班？"  # a data/qa/rag.jsonl (evaluation) question
@@ -50,8 +50,8 @@ def test_no_repeat_in_answer_ignores_the_prompt_and_stops_a_runaway_token():
 
 
 def test_quoting_decodes_only_spans_of_the_chunks_and_refuses_only_when_the_model_is_sure(tmp_path):
-    from shared.generate import QuoteFromSources, token_bytes
-    from shared.tokenizer import train_bpe
+    from shared.inference.generate import QuoteFromSources, token_bytes
+    from shared.data.tokenizer import train_bpe
 
     chunks = ["桥东区面积58平方公里，人口约46万。", "长虹桥1958年通车。"]
     tok = train_bpe(iter([chunks + [retrieval.INSTRUCTION]]), vocab_size=400, min_frequency=1, folder=tmp_path / "t")
@@ -135,7 +135,7 @@ def test_training_prompts_are_the_prompts_the_demo_sends(stage_run, monkeypatch)
     """The demo's own code path (rag.py's Answerer over the recipe's retriever), a spy on what reaches the model."""
     from langchain_core.callbacks import BaseCallbackHandler
 
-    from shared.recipe import load_recipe
+    from shared.config.recipe import load_recipe
     from train_phi2 import rag
 
     class Spy(BaseCallbackHandler):
@@ -162,7 +162,7 @@ def test_training_prompts_are_the_prompts_the_demo_sends(stage_run, monkeypatch)
 
 @pytest.mark.slow
 def test_reading_comprehension_loss_covers_the_answer_and_eos_only(stage_run):
-    from shared.recipe import load_recipe
+    from shared.config.recipe import load_recipe
 
     root = stage_run["root"]
     recipe = load_recipe(REPO / "recipes/phi2/rag-sft.yaml", [
@@ -188,8 +188,8 @@ def test_the_demos_answers_never_run_away_even_from_a_random_model(stage_run):
     what the chunks say."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shared.generate import answer_processors
-    from shared.recipe import load_recipe
+    from shared.inference.generate import answer_processors
+    from shared.config.recipe import load_recipe
 
     preset = load_recipe(REPO / "recipes/phi2/rag.yaml").generation
     tok = AutoTokenizer.from_pretrained(stage_run["model"])

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.errors import UserError
-from shared.recipe import REDACTED, load_recipe, parse_override, redact_secrets
+from shared.config.errors import UserError
+from shared.config.recipe import REDACTED, load_recipe, parse_override, redact_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 

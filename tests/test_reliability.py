@@ -22,8 +22,8 @@ import torch
 from conftest import PY, REPO, TINY_PHI3, run
 from safetensors.torch import load_file
 
-from shared.checkpoints import MARKER, find_resume, is_complete, mark_complete
-from shared.errors import UserError
+from shared.training.checkpoints import MARKER, find_resume, is_complete, mark_complete
+from shared.config.errors import UserError
 
 # Tiny, fast, deterministic: one log line per step (the kill points count them), a checkpoint every 4 steps.
 FAST = [*TINY_PHI3, "training.eval_strategy=no", "training.logging_steps=1", "training.save_steps=4"]
@@ -270,7 +270,7 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path, logg
 
 
 def test_guard_refuses_to_mark_a_checkpoint_with_nan_weights(tmp_path):
-    from shared.guards import NonFiniteLossGuard
+    from shared.training.guards import NonFiniteLossGuard
 
     model = torch.nn.Linear(2, 2)
     args, state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=6)
@@ -359,7 +359,7 @@ def test_disk_full_is_recognised_however_the_writer_reports_it(tmp_path, monkeyp
 
     from safetensors import SafetensorError
 
-    from shared.guards import is_disk_full
+    from shared.training.guards import is_disk_full
 
     torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 640 vs 598")
     assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path)

@@ -4,8 +4,8 @@ import subprocess
 from types import SimpleNamespace
 
 from shared import REPO_ROOT
-from shared.recipe import REDACTED
-from shared.runlog import RunLog, redacted_command
+from shared.config.recipe import REDACTED
+from shared.training.runlog import RunLog, redacted_command
 
 
 def fake_state(history, seen=0):
@@ -36,7 +36,7 @@ def test_table_merges_train_and_eval_rows_and_extra_metrics(tmp_path):
 def test_tokens_per_second_from_interval(monkeypatch):
     log = RunLog("demo", {})
     clock = iter([100.0, 102.0])
-    monkeypatch.setattr("shared.runlog.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("shared.training.runlog.time.perf_counter", lambda: next(clock))
     log.on_train_begin(None, fake_state([{"step": 0}], seen=0), None)
     log.on_log(None, fake_state([{"step": 4, "loss": 1.0}], seen=2048), None, logs={"loss": 1.0})
     assert log.speed == {4: 1024.0}

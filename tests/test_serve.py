@@ -1,4 +1,4 @@
-"""Serving over the OpenAI API (shared/serve.py on transformers' server), driven by the real `openai` client against
+"""Serving over the OpenAI API (shared/inference/serve.py on transformers' server), driven by the real `openai` client against
 a live server, and the chat templates runs save (token for token what training saw and what `make chat` sends).
 
 The served model is our own GPT (slm_gpt) that has memorised two exchanges in the nanoGPT chat format (trained here
@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from conftest import REPO, FakeTrainer, sft_first_batch, split_at_loss
-from shared.chat import Chat, ChatFormat, chat_template
+from shared.inference.chat import Chat, ChatFormat, chat_template
 
 NANOGPT = {"user": "<user>{text}<end>\n", "assistant": "<assistant>", "end": "<end>", "separator": "\n"}
 HELLO = "<user>Hello<end>\n<assistant>Hi! I am fine.<end>\n"
@@ -34,7 +34,7 @@ CONTEXT = 256
 def tokenizer_for(kind: str, folder: Path, texts: list[str]):
     """A small tokenizer of the kind a recipe trains with: phi2's ([PAD] [EOS] ... as its special tokens), MiniGLM's
     (byte-level BPE, <|endoftext|>), nanoGPT's (the same + <user> <assistant> <end> as single tokens)."""
-    from shared.tokenizer import train_bpe, train_tokenizer, with_specials, wrap
+    from shared.data.tokenizer import train_bpe, train_tokenizer, with_specials, wrap
 
     if kind == "phi2":
         specials = ["[PAD]", "[EOS]", "[SEP]", "[BOS]", "[UNK]"]
@@ -49,7 +49,7 @@ def tokenizer_for(kind: str, folder: Path, texts: list[str]):
 
 
 def make_chat_prompt(tok, fmt: ChatFormat, history: list[tuple[str, str]], question: str) -> list[int]:
-    """The token ids `make chat` sends for this conversation (shared.chat.Chat, a context that fits it all)."""
+    """The token ids `make chat` sends for this conversation (shared.inference.chat.Chat, a context that fits it all)."""
     chat = Chat(SimpleNamespace(config=SimpleNamespace(n_positions=10**6)), tok, {"max_new_tokens": 8}, fmt)
     chat.history = list(history)
     return tok(chat.prompt(question), add_special_tokens=False).input_ids
@@ -74,7 +74,7 @@ QA = [("苇川在哪里？", "苇川在河的东岸。"), ("老街叫什么？",
 def test_the_chat_template_writes_what_sft_trained_on_and_what_make_chat_sends(case, tmp_path):
     """TRL's own first training batch of the recipe (its templates, TRL's EOS) against `apply_chat_template` of the
     same exchange; then a multi-turn conversation against make chat's prompt."""
-    from shared.recipe import load_recipe
+    from shared.config.recipe import load_recipe
 
     path, kind, columns, config, sizes = SFT_CASES[case]
     data = tmp_path / "qa.jsonl"
@@ -101,7 +101,7 @@ def test_the_chat_template_writes_what_sft_trained_on_and_what_make_chat_sends(c
 def test_every_chat_recipe_saves_one_of_these_templates():
     """DPO, the RAG-SFT stage and the LSTM finetune use their SFT's format; a recipe without a chat format (Phi-3's
     poems) saves none."""
-    from shared.recipe import load_recipe
+    from shared.config.recipe import load_recipe
 
     def template(path):
         return chat_template(load_recipe(REPO / path).generation)
@@ -117,8 +117,8 @@ def test_the_chat_template_writes_nanogpts_training_text_and_make_chats_prompt(t
     """nanoGPT trains on token bins of whole conversations (<user>..<end>\\n<assistant>..<end>, EOS between them)."""
     from datasets import Dataset
 
-    from shared import bins
-    from shared.recipe import load_recipe
+    from shared.data import bins
+    from shared.config.recipe import load_recipe
     from train_nanogpt.create_first_training_data import chat_text
 
     history = [("Hi?", "Hello."), ("And you?", "Fine, thanks.")]
@@ -146,8 +146,8 @@ def test_save_final_writes_the_template_or_keeps_the_tokenizers(tmp_path):
     one without (rag-sft) keeps the tokenizer's, i.e. its SFT model's."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from shared.recipe import load_recipe
-    from shared.train import save_final
+    from shared.config.recipe import load_recipe
+    from shared.training.train import save_final
 
     tok = tokenizer_for("phi2", tmp_path / "tok", ["##提问:\n你好\n\n##回答:\n你好！"] * 4)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2))
@@ -165,7 +165,7 @@ def test_save_final_writes_the_template_or_keeps_the_tokenizers(tmp_path):
 def recite_run(root: Path) -> Path:
     """runs/tiny/chat/final: our GPT trained to recite TEXTS, its tokenizer (chat markers as special tokens, no chat
     template: a run saved before runs carried one) and a recipe.yaml with the generation preset."""
-    from shared.gpt import GPTConfig, GPTForCausalLM
+    from shared.models.gpt import GPTConfig, GPTForCausalLM
 
     final = root / "tiny" / "chat" / "final"
     if (final / "config.json").is_file():
@@ -203,7 +203,7 @@ def free_port() -> int:
 
 
 class Live:
-    """shared.serve's app under uvicorn in a thread of this process, on a free port of 127.0.0.1."""
+    """shared.inference.serve's app under uvicorn in a thread of this process, on a free port of 127.0.0.1."""
 
     def __init__(self, app):
         import uvicorn
@@ -237,7 +237,7 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def live(root):
-    from shared import serve
+    from shared.inference import serve
 
     served = serve.open_served("tiny", "chat", str(root))
     server = Live(serve.app(served))
@@ -251,8 +251,10 @@ def ask(client, question: str, history=(), **kw) -> str:
 
 
 def test_models_and_a_chat_completion_answer_like_make_chat(live, root):
-    from shared import chat, serve
-    from shared.generate import find_run, load
+    from shared.inference import chat
+    from shared.inference import serve
+    from shared.config.runs import find_run
+from shared.inference.generate import load
 
     client = live.client()
     assert [m.id for m in client.models.list().data] == ["tiny/chat"]

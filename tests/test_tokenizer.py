@@ -2,10 +2,10 @@
 import pytest
 from datasets import Dataset
 
-from shared import data as D
-from shared.errors import UserError
-from shared.recipe import TokenizerArgs
-from shared.tokenizer import load_tokenizer
+from shared.data import sources as D
+from shared.config.errors import UserError
+from shared.config.recipe import TokenizerArgs
+from shared.data.tokenizer import load_tokenizer
 
 TEXTS = Dataset.from_list([{"text": t} for t in [
     "春天来了，\n柳枝在风里说话。", "夜晚的城市，灯一盏一盏亮起来。", "Mixed English and 中文 123!", "雨后的天空，很蓝。"] * 5])

@@ -10,11 +10,12 @@ from datasets import Dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from shared import bins, train
-from shared.errors import UserError
-from shared.gpt import GPTConfig, GPTForCausalLM
-from shared.hub import Provenance
-from shared.recipe import load_recipe
+from shared.data import bins
+from shared.training import train
+from shared.config.errors import UserError
+from shared.models.gpt import GPTConfig, GPTForCausalLM
+from shared.data.hub import Provenance
+from shared.config.recipe import load_recipe
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 
@@ -60,7 +61,7 @@ def test_a_bins_run_whose_tokenizer_has_no_pad_token_trains_and_saves(char_run):
 
 
 def test_a_prompt_the_tokenizer_cannot_encode_is_one_line_naming_the_character():
-    from shared.generate import check_prompts
+    from shared.inference.generate import check_prompts
 
     tok = char_tokenizer_without_pad()
     check_prompts({"prompts": ["First", "\n"]}, tok, "r.yaml:40", context=32)  # fine

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import webui
-from shared.errors import UserError
+from shared.inference import webui
+from shared.config.errors import UserError
 from test_chat import make_run
 
 
@@ -17,7 +17,8 @@ from test_chat import make_run
 def served(tmp_path_factory):
     from gradio_client import Client
 
-    from shared.generate import find_run, load
+    from shared.config.runs import find_run
+from shared.inference.generate import load
 
     root = tmp_path_factory.getbasetemp() / "chat-runs"
     make_run(root)
@@ -81,7 +82,8 @@ def test_a_port_in_use_is_one_line_before_the_model_loads_and_from_gradios_own_c
 
 
 def test_a_plain_language_model_gets_its_prompt_continued(served):
-    from shared.generate import find_run, load
+    from shared.config.runs import find_run
+from shared.inference.generate import load
 
     _, root = served
     model, tok, _ = load(find_run("tiny", None, root))

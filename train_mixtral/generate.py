@@ -2,8 +2,8 @@
 
     make generate MODEL=mixtral [PROMPT="秋风吹过，"] [RUN=poetry] [ARGS="num_beams=1"]
 """
-from shared import generate
-from shared.errors import run_main
+from shared.inference import generate
+from shared.config.errors import run_main
 
 if __name__ == "__main__":
     run_main(lambda argv: generate.main(argv, model_name="mixtral"))

@@ -3,12 +3,14 @@
     make train-mixtral                   # = python train_mixtral/train.py recipes/mixtral/pretrain.yaml
     make train-mixtral RECIPE=recipes/mixtral/finetune-8x7b-zero3.yaml NPROC=8     # fine-tune Mixtral-8x7B, DeepSpeed
 
-Same path as Phi-3 (`shared/train.py`), plus what is special about a mixture of experts: the router's
+Same path as Phi-3 (`shared/training/train.py`), plus what is special about a mixture of experts: the router's
 load-balancing (auxiliary) loss is part of the training loss and is logged apart from the LM loss (MoETrainer), and
 after training the log shows how many tokens each expert receives in every layer, so a collapsed router is visible.
 """
-from shared import moe, train
-from shared.errors import run_main
+from shared.models import moe
+from shared.training.moe_trainer import MoETrainer
+from shared.training import train
+from shared.config.errors import run_main
 
 
 def experts(model) -> dict[str, str]:
@@ -27,5 +29,5 @@ def expert_load(model, data) -> list[tuple[str, str]]:
 
 if __name__ == "__main__":
     run_main(lambda argv: train.main(argv, "recipes/mixtral/pretrain.yaml", "Mixtral MoE poetry model",
-                                     config_fixed={"output_router_logits": True}, trainer_cls=moe.MoETrainer,
+                                     config_fixed={"output_router_logits": True}, trainer_cls=MoETrainer,
                                      facts=experts, extra_sections=expert_load))

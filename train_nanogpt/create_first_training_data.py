@@ -13,7 +13,7 @@
    whole is cut instead, its first part trains and its last part validates (nanoGPT's split of input.txt);
 3. GPT-2's BPE (offline: a byte-level BPE trained on the train texts), <user> <assistant> <end> as single tokens;
    or (`stage.char_level`) one token per character of the texts and nothing else (nanoGPT's shakespeare_char);
-4. train.bin + val.bin + meta.json (shared/bins.py) + the tokenizer -> runs/nanogpt/<run>/final/, with a stage log
+4. train.bin + val.bin + meta.json (shared/data/bins.py) + the tokenizer -> runs/nanogpt/<run>/final/, with a stage log
    listing each source, the records kept and the tokens per split.
 """
 from __future__ import annotations
@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, concatenate_datasets
 
-from shared import bins, cli, stage
-from shared.data import _read_text, fingerprint_files, load_source, split_train_eval
-from shared.errors import UserError, run_main
-from shared.hub import Provenance, warn_loudly
-from shared.recipe import DataArgs, Recipe, resolve_path
-from shared.tokenizer import char_tokenizer, load_tokenizer
-from shared.train import cache_root
+from shared.data import bins
+from shared.config import cli
+from shared.training import stage
+from shared.data.sources import _read_text, fingerprint_files, load_source, split_train_eval
+from shared.config.errors import UserError, run_main
+from shared.data.hub import Provenance, warn_loudly
+from shared.config.recipe import DataArgs, Recipe, resolve_path
+from shared.data.tokenizer import char_tokenizer, load_tokenizer
+from shared.training.train import cache_root
 
 ROLES = ("user", "assistant")
 END = "<end>"

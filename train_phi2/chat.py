@@ -3,8 +3,8 @@ dropped when the context would overflow), /reset, Ctrl-D to leave.
 
     make chat MODEL=phi2 [RUN=...] [PROMPT="..." for one answer] [ARGS="temperature=0.7"]
 """
-from shared import chat
-from shared.errors import run_main
+from shared.inference import chat
+from shared.config.errors import run_main
 
 if __name__ == "__main__":
     run_main(lambda argv: chat.main(argv, model_name="phi2"))

@@ -57,10 +57,12 @@ from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 from xxhash import xxh32_intdigest
 
-from shared import REPO_ROOT, cli, stage
-from shared.data import read_jsonl
-from shared.errors import UserError, run_main
-from shared.recipe import resolve_path
+from shared import REPO_ROOT
+from shared.config import cli
+from shared.training import stage
+from shared.data.sources import read_jsonl
+from shared.config.errors import UserError, run_main
+from shared.config.recipe import resolve_path
 
 
 @dataclass

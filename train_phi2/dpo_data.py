@@ -3,7 +3,7 @@
 For every instruction the chosen answer is the dataset's own; the rejected one is written by an EARLY checkpoint of
 the SFT run (the one nearest `stage.generator_epoch` of its epochs: a model that answers in the right form but
 worse). A pair whose rejected answer is more than `stage.max_similarity` similar to the chosen one teaches nothing
-and is dropped; similarity is the character-level Rouge-L F-measure (shared/metrics.py: longest common
+and is dropped; similarity is the character-level Rouge-L F-measure (shared/eval/metrics.py: longest common
 subsequence of characters, so it fits Chinese). Records that already carry a `rejected` answer (the bundled set has
 120) are kept as they are. Writes final/pairs.jsonl (instruction, input, output, rejected) for recipes/phi2/dpo.yaml.
 """
@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from shared import cli, generate, stage
-from shared.checkpoints import checkpoints, is_complete
-from shared.data import load_source
-from shared.errors import UserError, run_main
-from shared.metrics import rouge_l
-from shared.recipe import display_path, resolve_path
+from shared.config import cli
+from shared.inference import generate
+from shared.training import stage
+from shared.training.checkpoints import checkpoints, is_complete
+from shared.data.sources import load_source
+from shared.config.errors import UserError, run_main
+from shared.eval.metrics import rouge_l
+from shared.config.recipe import display_path, resolve_path
 
 
 @dataclass
@@ -70,7 +72,7 @@ def main(argv):
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
         out.log.facts.update({
             "data": prov.describe(), "generator": f"{display_path(folder)} (epoch {epoch:.2f} of the SFT run)",
-            "similarity": f"character-level Rouge-L F (shared/metrics.py); a pair above {s.max_similarity} is dropped",
+            "similarity": f"character-level Rouge-L F (shared/eval/metrics.py); a pair above {s.max_similarity} is dropped",
             "pairs": f"{len(kept)} kept ({bundled} bundled with their own rejected answer, {len(kept) - bundled} "
                      f"generated), {len(dropped)} dropped as too similar or empty",
         })

@@ -3,8 +3,8 @@ search with no_repeat_ngram_size=4, stopping at [EOS], at most the run's max_new
 
     make generate MODEL=phi2 [PROMPT="苇川的春天"] [RUN=pretrain]
 """
-from shared import generate
-from shared.errors import run_main
+from shared.inference import generate
+from shared.config.errors import run_main
 
 if __name__ == "__main__":
     run_main(lambda argv: generate.main(argv, model_name="phi2"))

@@ -25,11 +25,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from shared import cli, retrieval, stage
-from shared.errors import UserError, run_main
-from shared.generate import QuoteFromSources, answer_processors, token_bytes
+from shared.config import cli
+from shared.eval import retrieval
+from shared.training import stage
+from shared.config.errors import UserError, run_main
+from shared.inference.generate import QuoteFromSources, answer_processors, token_bytes
 from transformers.generation.logits_process import LogitsProcessorList
-from shared.metrics import rouge_l
+from shared.eval.metrics import rouge_l
+from shared.config.runs import final_of
 
 
 def retrieval_section(recipe, index) -> str:
@@ -131,7 +134,7 @@ def answers_section(recipe, results: list[dict]) -> str:
 @dataclass
 class Answerer:
     """The answering model as LangChain's HuggingFacePipeline, with the recipe's generation preset. stage.answer:
-    `quote` decodes extractively (shared.generate.QuoteFromSources: a span of the retrieved chunks, or the refusal
+    `quote` decodes extractively (shared.inference.generate.QuoteFromSources: a span of the retrieved chunks, or the refusal
     sentence), `free` lets the model write anything (the preset's answer_no_repeat_ngram_size stops loops)."""
     llm: object
     budget: int | None  # prompt tokens that leave room for max_new_tokens
@@ -159,10 +162,10 @@ def load_answerer(recipe, model_ref: str | None = None, mode: str | None = None)
     from langchain_huggingface import HuggingFacePipeline
     from transformers import pipeline
 
-    from shared.generate import generation_config, load, prompt_budget
+    from shared.inference.generate import generation_config, load, prompt_budget
 
     s = recipe.stage
-    folder = stage.final_of(model_ref or s.model, "stage.model (the answering model)")
+    folder = final_of(model_ref or s.model, "stage.model (the answering model)")
     model, tok, _ = load(folder)
     preset = {k: v for k, v in recipe.generation.items() if k != "prompts"}
     model.generation_config = generation_config(preset, tok)

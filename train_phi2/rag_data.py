@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from shared import cli, retrieval, stage
-from shared.data import read_jsonl
-from shared.errors import UserError, run_main
-from shared.generate import load_tokenizer_and_budget
-from shared.metrics import normalize
-from shared.recipe import load_recipe, resolve_path
+from shared.config import cli
+from shared.eval import retrieval
+from shared.training import stage
+from shared.data.sources import read_jsonl
+from shared.config.errors import UserError, run_main
+from shared.inference.generate import load_tokenizer_and_budget
+from shared.eval.metrics import normalize
+from shared.config.recipe import load_recipe, resolve_path
+from shared.config.runs import final_of
 
 
 @dataclass
@@ -73,7 +76,7 @@ def main(argv):
         raise UserError(f"{recipe.where('stage.negative_share')}: stage.negative_share must be in [0, 1)")
     demo = load_recipe(s.demo, [str(o) for o in s.demo_overrides], stage=retrieval.RagSettings)
     d = retrieval.check_settings(demo)
-    tokenizer, budget = load_tokenizer_and_budget(stage.final_of(s.tokenizer_from, "stage.tokenizer_from"),
+    tokenizer, budget = load_tokenizer_and_budget(final_of(s.tokenizer_from, "stage.tokenizer_from"),
                                                    demo.generation.get("max_new_tokens", 0))
     index = retrieval.index_stage(demo)
     demo_retriever = retrieval.retrievers(index.store, index.chunks, d.k, d.weights)[d.retriever]  # what make rag uses

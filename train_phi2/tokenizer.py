@@ -3,7 +3,7 @@
     make phi2-tokenizer                                   # recipes/phi2/tokenizer.yaml -> runs/phi2/tokenizer/final/
     python train_phi2/tokenizer.py stage.kind=char stage.input=my.jsonl stage.vocab_size=8000
 
-Reads the cleaning stage's clean.jsonl line by line and trains in a stream (shared/tokenizer.py says why the
+Reads the cleaning stage's clean.jsonl line by line and trains in a stream (shared/data/tokenizer.py says why the
 byte-level BPE cuts Chinese runs into pairs: the original's setting needs > 32 GB at 100M characters). Then every
 probe (tab, newline, spaces, full-width punctuation, emoji, mixed text, the SFT format) must come back from
 decode(encode(x)) unchanged; characters that don't are added as tokens, so len(tokenizer) can exceed vocab_size:
@@ -13,14 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared import cli, errors, stage
-from shared.recipe import display_path, resolve_path
-from shared.tokenizer import TokenizerTraining, jsonl_texts, train_from_texts
+from shared.config import cli
+from shared.config import errors
+from shared.training import stage
+from shared.config.recipe import display_path, resolve_path
+from shared.data.tokenizer import TokenizerTraining, jsonl_texts, train_from_texts
+from shared.config.runs import final_of
 
 
 def corpus_file(cfg: TokenizerTraining) -> Path:
     path = resolve_path(cfg.input)
-    return path if path.is_file() else stage.final_of(cfg.input, "stage.input") / "clean.jsonl"
+    return path if path.is_file() else final_of(cfg.input, "stage.input") / "clean.jsonl"
 
 
 def main(argv: list[str]) -> None:

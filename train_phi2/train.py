@@ -7,10 +7,10 @@ stages, one script, the recipe's `trainer:` kind choosing the trainer.
 
 The model is transformers' PhiForCausalLM (phi2_tiny.json on a CPU, phi2_0.2b.json the document's), its embedding
 rows = len(tokenizer) rounded up to 64, SDPA attention (or flash_attention_2 on a GPU with flash-attn); SFT and DPO
-start from the previous stage's final model (`model.init_from`). Everything else is `shared/train.py`.
+start from the previous stage's final model (`model.init_from`). Everything else is `shared/training/train.py`.
 """
-from shared import train
-from shared.errors import run_main
+from shared.training import train
+from shared.config.errors import run_main
 
 if __name__ == "__main__":
     run_main(lambda argv: train.main(argv, "recipes/phi2/pretrain.yaml", "Phi-2 Chinese"))
