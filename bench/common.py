@@ -7,12 +7,13 @@ import platform
 import statistics
 import subprocess
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared import REPO_ROOT
+
+ROOT = REPO_ROOT  # bench/suite.py's name for it, until it imports shared.REPO_ROOT itself
 
 
 def load_avg() -> list[float]:
@@ -40,7 +41,7 @@ def environment(argv: list[str], module: str = "bench.suite") -> dict:
 
     def git(*a):
         try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))

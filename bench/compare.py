@@ -14,6 +14,11 @@ Training FLOPs are estimated as nanoGPT's estimate_mfu (PaLM appendix B) does: 6
 parameters of every matrix multiply a token goes through (the output head included, input embedding tables not;
 for Mixtral the router plus top-k of num_experts of the experts), L layers, d the width, T the context; the LSTM
 has no attention term.
+
+ARCHS is not the model table (shared/config/catalog.py) but read from it: a row of the table is a model with its
+folder, runs and generation scripts; an entry here is one architecture to train, and MiniGLM's folder holds two, its
+GPT (minigl-gpt) and its LSTM baseline (minigl-lstm). Each entry names its model in the table, which gives the folder
+of its training script.
 """
 from __future__ import annotations
 
@@ -28,12 +33,20 @@ from pathlib import Path
 
 import torch
 
+from shared.config.catalog import MODELS
 from shared.config.errors import UserError, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-# name -> the training script its make target runs; the recipe is recipes/compare/<name>.yaml
-ARCHS = {"phi3": "train_phi3/train.py", "mixtral": "train_mixtral/train.py", "phi2": "train_phi2/train.py",
-         "nanogpt": "train_nanogpt/train.py", "minigl-gpt": "minigl/train.py", "minigl-lstm": "minigl/lstm_model.py"}
+# architecture -> the training script its make target runs, in its model's folder; the recipe is
+# recipes/compare/<architecture>.yaml
+ARCHS = {name: f"{MODELS[model].folder}/{script}" for name, model, script in [
+    ("phi3", "phi3", "train.py"),
+    ("mixtral", "mixtral", "train.py"),
+    ("phi2", "phi2", "train.py"),
+    ("nanogpt", "nanogpt", "train.py"),
+    ("minigl-gpt", "minigl", "train.py"),
+    ("minigl-lstm", "minigl", "lstm_model.py"),
+]}
 SHARED = ("trainer", "tokenizer", "data", "training", "generation")  # identical in every compare recipe
 
 

@@ -1,8 +1,8 @@
 """GPU check (make gpu-check): each recipe's model for a few hundred training steps in bf16 on one NVIDIA GPU,
 torch.compile off and on: tokens/s, MFU against the chip's dense bf16 peak, peak GPU memory.
 
-Needs only torch + transformers (and shared/models/gpt.py, imported by path: no slm install, no datasets/trl/deepspeed, no
-network; synthetic tokens). Meant to finish in under 8 minutes on an H100/H200; a time budget skips what would not
+Needs only torch + transformers (and this checkout's shared/, put on the path: no slm install, no
+datasets/trl/deepspeed, no network; synthetic tokens). Meant to finish in under 8 minutes on an H100/H200; a time budget skips what would not
 fit and says so. Writes bench/gpu_check.md + bench/gpu_check.json.
 
     python bench/gpu_check.py [--steps 200] [--budget-s 420] [--only nanogpt-124m,phi3] [--peak-tflops 989]
@@ -16,7 +16,6 @@ their weighted sum, forward + backward). Peak: H100/H200 SXM dense bf16 ~989 TFL
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -26,7 +25,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: this checkout's packages import
+from shared import REPO_ROOT  # noqa: E402
+from shared.models.registry import flops_per_token  # noqa: E402  (the import registers slm_gpt with the Auto classes)
+
 PEAKS = {"H100": 989.0, "H200": 989.0, "H20": 148.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
 # name: (config file, micro-batch, sequence length) -- the recipes' models; the big ones are the documents' GPU configs
@@ -43,17 +45,8 @@ MODELS = {
 VOCAB = {"slm_gpt": None}  # our GPT keeps its config's vocabulary; the others get 21,128 (the documents' tokenizer)
 
 
-def import_gpt():
-    """shared/models/gpt.py by path (registers slm_gpt with the Auto classes) without importing the slm package."""
-    spec = importlib.util.spec_from_file_location("slm_gpt_module", ROOT / "shared" / "gpt.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def config_of(path: str):
-    data = {k: v for k, v in json.loads((ROOT / path).read_text()).items() if not k.startswith("_")}
+    data = {k: v for k, v in json.loads((REPO_ROOT / path).read_text()).items() if not k.startswith("_")}
     if data["model_type"] != "slm_gpt":
         data["vocab_size"] = 21128
     return AutoConfig.for_model(**data)
@@ -76,12 +69,6 @@ def matmul_params(model, config) -> int:
     return n
 
 
-def flops_per_token(model, config, seq: int) -> float:
-    layers = config.num_hidden_layers
-    width = config.hidden_size
-    return 6 * matmul_params(model, config) + 12 * layers * width * seq
-
-
 def peak_tflops(arg: float | None) -> tuple[float, str]:
     if arg:
         return arg, "--peak-tflops"
@@ -102,7 +89,7 @@ def run_one(name, compiled: bool, steps: int, device: str, smoke: bool) -> dict:
     kwargs = {} if config.model_type == "slm_gpt" else {"attn_implementation": "sdpa"}
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, **kwargs).to(device).train()
-    fpt = flops_per_token(model, config, seq)
+    fpt = flops_per_token(config, matmul_params(model, config), seq)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     fwd = torch.compile(model) if compiled else model
     ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
@@ -149,13 +136,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--smoke", action="store_true", help="3 steps of the small models, any device (a syntax check)")
-    p.add_argument("--out", default=str(ROOT / "bench"))
+    p.add_argument("--out", default=str(REPO_ROOT / "bench"))
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not a.smoke:
         print("gpu-check: no CUDA GPU here (torch.cuda.is_available() is False); --smoke runs a CPU syntax check")
         return 2
-    import_gpt()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     names = [n for n in (a.only.split(",") if a.only else MODELS) if n]

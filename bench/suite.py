@@ -205,30 +205,19 @@ class StepClock:
         return _Clock()
 
 
-def make_trainer(model, dataset, tokenizer, out_dir: str, training: dict, trainer_cls=None, shift_labels=False):
-    """The Trainer exactly as shared/training/train.py's `train()` builds it (DEFAULT_TRAINING + the settings, our callbacks,
-    the LM collator), with no evaluation or checkpoint inside the timed steps."""
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+def make_trainer(model, dataset, tokenizer, out_dir: str, training: dict, trainer_cls=None):
+    """The Trainer a run trains with (shared/training/build.py's `build_trainer`, as train() calls it: DEFAULT_TRAINING
+    + the settings, our callbacks, the LM collator), with no evaluation or checkpoint inside the timed steps."""
+    from transformers import TrainingArguments
 
-    from shared.data.bins import stack_windows
-    from shared.training.checkpoints import CompleteMarker
-    from shared.training.guards import NonFiniteLossGuard, StopIfFinished
-    from shared.training.runlog import RunLog
-    from shared.training.train import DEFAULT_TRAINING, lean_steps, precision
+    from shared.training.build import build_trainer
+    from shared.training.train import DEFAULT_TRAINING, precision
 
     kwargs = {**DEFAULT_TRAINING, **precision("auto"), "disable_tqdm": True, **training,
               "eval_strategy": "no", "save_strategy": "no", "output_dir": out_dir}
-    args = TrainingArguments(**kwargs)
-    extra = {}
-    if shift_labels:
-        args.remove_unused_columns = False
-        extra["data_collator"] = stack_windows
-    else:
-        extra["data_collator"] = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     clock = StepClock()
-    trainer = lean_steps(trainer_cls or Trainer)(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        callbacks=[NonFiniteLossGuard(), CompleteMarker(), RunLog("bench", {}), StopIfFinished(), clock], **extra)
+    trainer = build_trainer("lm", model, TrainingArguments(**kwargs), dataset, tokenizer, trainer_cls=trainer_cls,
+                            callbacks=[clock])
     return trainer, clock
 
 

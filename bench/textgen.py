@@ -29,23 +29,22 @@ import numpy as np
 
 from shared import REPO_ROOT
 from shared.config.errors import UserError
+from shared.data.text import record_text
 
 BUNDLED = ("data/prose/prose.jsonl", "data/world/encyclopedia.jsonl", "data/world/news.jsonl",
            "data/world/story.txt", "data/zhihu/zhihu.jsonl")
 
 
 def bundled_chinese_texts(root: Path = REPO_ROOT) -> Iterator[str]:
-    """The bundled Chinese documents as plain texts (titles, summaries, sections, bodies, answers)."""
+    """The bundled Chinese documents as plain texts (titles, summaries, sections, bodies, answers), without the
+    news dates, as the committed benchmark figures were measured."""
     for name in BUNDLED:
         path = root / name
         if path.suffix == ".txt":
             yield path.read_text(encoding="utf-8")
             continue
         for line in path.open(encoding="utf-8"):
-            r = json.loads(line)
-            parts = [r.get("title"), r.get("summary"), r.get("text"), r.get("body"), r.get("content")]
-            parts += [f"{s['title']}\n{s['content']}" for s in r.get("sections", [])]
-            yield "\n".join(p for p in parts if p)
+            yield record_text(json.loads(line), date=False)
 
 
 class NgramModel:

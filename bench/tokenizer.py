@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from shared.config.errors import UserError, run_main
+from shared.config.files import atomic_path, atomic_write
 from shared.config.recipe import load_recipe, resolve_path
 from shared.training.runlog import hardware, now_utc
 
@@ -61,12 +62,11 @@ def corpus(chars: int, seed: int, order: int, folder: Path) -> tuple[Path, float
     print(f"generating {chars:,} characters -> {path}", flush=True)
     t0 = time.perf_counter()
     model = NgramModel.from_texts(bundled_chinese_texts(), order=order)
-    tmp = path.with_name(path.name + ".tmp")
-    written = write_jsonl(model.generate(chars, seed=seed), tmp)
+    with atomic_path(path) as tmp:
+        written = write_jsonl(model.generate(chars, seed=seed), tmp)
+        assert written == chars, (written, chars)
     seconds = time.perf_counter() - t0
-    assert written == chars, (written, chars)
-    os.replace(tmp, path)
-    meta.write_text(json.dumps({"chars": chars, "seed": seed, "order": order, "seconds": seconds}))
+    atomic_write(meta, json.dumps({"chars": chars, "seed": seed, "order": order, "seconds": seconds}))
     return path, seconds
 
 

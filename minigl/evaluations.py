@@ -29,7 +29,7 @@ from shared.config.errors import UserError, run_main
 from shared.inference.generate import load
 from shared.eval.metrics import answer_only_examples, perplexity
 from shared.models.registry import count_parameters
-from shared.config.recipe import display_path
+from shared.config.files import display_path
 from shared.config.runs import final_of
 
 PLOTS = ("losses.png", "finetune_losses.png", "metrics.png")

@@ -12,8 +12,8 @@ documents (`reader(path) -> iterable of {id, text}`):
     prepare_zhihudata.py Zhihu-style dumps (title = question, content = answer)
 
 The writer then, for every stage alike:
-1. cleans each text (line endings, control characters, runs of spaces and blank lines) and drops short and
-   duplicate documents, counting what it dropped; one document at a time (only ids and digests are kept);
+1. cleans each text with the rules every preparation stage shares (shared/data/text.py: line breaks, invisible
+   characters, runs of spaces, blank lines) and drops short and duplicate documents, counting what it dropped; one document at a time (only ids and digests are kept);
 2. splits the new documents 90/10 (seeded shuffle, data.validation_fraction), and adds the documents of the
    earlier stages named in stage.include with the split they already had, so a validation document never becomes
    a training one;
@@ -42,6 +42,7 @@ from shared.data import bins
 from shared.config import cli
 from shared.training import stage
 from shared.data.sources import file_digest, load_local, read_jsonl, split_train_eval
+from shared.data.text import collapse_blank_lines, drop_invisible, squeeze_spaces
 from shared.config.errors import UserError, run_main
 from shared.config.recipe import resolve_path
 from shared.data.tokenizer import load_tokenizer
@@ -82,12 +83,10 @@ def read_text(path: Path, chunk_chars: int = 1000) -> Iterable[dict]:
 
 
 def clean(text: str) -> str:
-    """Unix line endings, no control characters but newlines, single spaces, at most one blank line, stripped."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u3000", " ")
-    text = re.sub(r"[\x00-\x09\x0b-\x1f\x7f\u200b\ufeff]", "", text)
-    text = re.sub(r"[ \t]+", " ", text)
-    text = re.sub(r" *\n *", "\n", text)
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+    """The shared rules only (shared/data/text.py): \n line breaks, no invisible characters, single spaces, lines
+    stripped, at most one blank line; the text's ends stripped."""
+    lines = (squeeze_spaces(line) for line in drop_invisible(text).split("\n"))
+    return collapse_blank_lines("\n".join(lines)).strip()
 
 
 def read_qa(path: str) -> tuple[list[dict], list[dict]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import prepare  # minigl/prepare.py, the writer (this script's own folder is on the path)
 from shared.data.sources import read_jsonl
+from shared.data.text import record_text
 from shared.config.errors import UserError, run_main
 
 
@@ -16,7 +17,7 @@ def read_zhihu(path: Path):
     for n, r in enumerate(read_jsonl(path), start=1):
         if not isinstance(r.get("title"), str) or not isinstance(r.get("content"), str):
             raise UserError(f"{path}:{n}: a Zhihu record needs title (the question) and content (the answer)")
-        yield {"id": r.get("id", f"{path.stem}-{n}"), "text": f"{r['title']}\n{r['content']}"}
+        yield {"id": r.get("id", f"{path.stem}-{n}"), "text": record_text(r)}
 
 
 if __name__ == "__main__":

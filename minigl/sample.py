@@ -4,7 +4,6 @@
     python minigl/sample.py --run pretrain --prompt 苇川 temperature=0.7
 """
 from shared.inference import generate
-from shared.config.errors import run_main
 
 if __name__ == "__main__":
-    run_main(lambda argv: generate.main(argv, model_name="minigl"))
+    generate.run("minigl")

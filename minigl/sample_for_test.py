@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shared.data.sources import read_jsonl
 from shared.config.errors import UserError, run_main
+from shared.config.files import atomic_write
 from shared.config.runs import find_run
 from shared.inference.generate import load
 from shared.eval.metrics import qa_eval
@@ -35,10 +36,7 @@ def write_answers(model, tokenizer, recipe: dict, questions: list[dict], out: Pa
     result = qa_eval(model, tokenizer, questions, template, {"max_new_tokens": max_new_tokens},
                      stops=[template.split("{")[0].strip()] if template.split("{")[0].strip() else [])
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_name(out.name + ".tmp"), "w", encoding="utf-8") as f:
-        for row in result["rows"]:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(out.with_name(out.name + ".tmp"), out)
+    atomic_write(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result["rows"]))
     return result
 
 

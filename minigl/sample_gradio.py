@@ -1,10 +1,10 @@
 """A web page for a trained MiniGLM run (the document's sample_gradio.py): prompt box, temperature / top-k / length
-sliders, the answer streamed; a QA-finetuned run is asked in its "Question: ... Answer:" format (shared/inference/webui.py).
+sliders, the answer streamed; a QA-finetuned run is asked in its "Question: ... Answer:" format
+(shared/inference/webui.py).
 
-    make gradio-minigl [RUN=finetune] [ARGS="--port 7861"]
+    make gradio-minigl [RUN=finetune] [PORT=7861]
 """
 from shared.inference import webui
-from shared.config.errors import run_main
 
 if __name__ == "__main__":
-    run_main(lambda argv: webui.serve(argv, model_name="minigl"))
+    webui.run("minigl")

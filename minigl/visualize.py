@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 from shared import REPO_ROOT
 from shared.config.errors import UserError, run_main
+from shared.config.files import atomic_path
 
 METRICS = {  # key -> panel title, in panel order
     "perplexity": "perplexity (validation)\nlower is better",
@@ -147,9 +147,8 @@ def _save(fig, path: Path) -> None:
     """Write the PNG under a temporary name first: a crash never leaves half a figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def _points(history: list[dict], key: str, x: str) -> list[tuple[float, float]]:

@@ -81,7 +81,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def loaded(root):
     from shared.config.runs import find_run
-from shared.inference.generate import load
+    from shared.inference.generate import load
 
     return load(find_run("tiny", None, root))
 

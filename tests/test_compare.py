@@ -11,10 +11,11 @@ import pytest
 from conftest import REPO, run
 from transformers import MixtralConfig
 
-from bench.compare import flops_per_token, load_recipes, matmul_parameters, parse_budget, read_run
+from bench.compare import load_recipes, matmul_parameters, parse_budget, read_run
 from shared.config.errors import UserError
 from shared.models.gpt import GPTConfig
 from shared.models.lstm import LSTMConfig
+from shared.models.registry import flops_per_token
 
 
 def test_budget_suffixes_and_errors():
@@ -55,9 +56,11 @@ def test_parameters_count_a_tied_head_and_top_k_of_the_experts():
 
 def test_flops_have_an_attention_term_for_transformers_only():
     gpt = GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=2, n_embd=16)
-    assert flops_per_token(gpt, {"matmul_per_token": 1000}, context=32) == 6 * 1000 + 12 * 3 * 16 * 32
+    assert flops_per_token(gpt, 1000, context=32) == 6 * 1000 + 12 * 3 * 16 * 32
+    mixtral = MixtralConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)  # transformers' names
+    assert flops_per_token(mixtral, 1000, context=32) == 6 * 1000 + 12 * 2 * 64 * 32
     lstm = LSTMConfig(vocab_size=100, n_embd=16, n_layer=2)
-    assert flops_per_token(lstm, {"matmul_per_token": 1000}, context=32) == 6 * 1000
+    assert flops_per_token(lstm, 1000, context=32) == 6 * 1000
 
 
 def test_read_run_finds_the_closing_entry_and_the_final_evaluation(tmp_path):

@@ -15,7 +15,9 @@ from collections import Counter, defaultdict
 import pytest
 
 from shared.data import sources as D
+from shared.data.text import record_text
 from data import datacard as C
+from conftest import REPO
 from data.datacard import BY_KEY, SPECS
 
 JSONL_SPECS = [s for s in SPECS if s.schema]
@@ -42,10 +44,7 @@ def texts(key: str) -> list[str]:
 
 def documents() -> dict[str, str]:
     """The text a question may quote: encyclopedia title + summary + section titles and contents; news title + body."""
-    docs = {r["id"]: "\n".join([r["title"], r["summary"], *(x for s in r["sections"] for x in s.values())])
-            for r in records("encyclopedia")}
-    docs.update({r["id"]: r["title"] + "\n" + r["body"] for r in records("news")})
-    return docs
+    return {r["id"]: record_text(r, date=False) for r in records("encyclopedia") + records("news")}
 
 
 def strings(value):
@@ -73,7 +72,7 @@ def test_schema(spec):
     assert not bad_ids, bad_ids[:10]
     assert ids == sorted(set(ids)), f"{spec.path}: ids must be unique and in order"
     # the recipes' loader reads every file into one table with the schema's columns (optional ones included)
-    ds = D.load_local(C.REPO / spec.path)
+    ds = D.load_local(REPO / spec.path)
     assert len(ds) == len(rows) and sorted(ds.column_names) == sorted(spec.schema)
 
 
@@ -97,7 +96,7 @@ def test_set_specific_rules():
 
 
 def test_story_is_chaptered_text():
-    text = (C.REPO / BY_KEY["story"].path).read_text(encoding="utf-8")
+    text = (REPO / BY_KEY["story"].path).read_text(encoding="utf-8")
     headings = C.CHAPTER.findall(text)
     assert len(headings) >= 12
     assert text.startswith(headings[0])
@@ -105,7 +104,7 @@ def test_story_is_chaptered_text():
     expected = [(CHINESE_NUMERALS[n // 10 - 1] if n >= 20 else "") + ("十" if n >= 10 else "")
                 + (CHINESE_NUMERALS[n % 10 - 1] if n % 10 else "") for n in range(1, len(headings) + 1)]
     assert numerals == expected, "chapters must be numbered 第一章, 第二章, ... in order"
-    assert len(D.load_local(C.REPO / BY_KEY["story"].path)) == len(records("story"))
+    assert len(D.load_local(REPO / BY_KEY["story"].path)) == len(records("story"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -129,7 +128,7 @@ def test_counts():
     assert sum("rejected" in r for r in records("instructions")) >= 100, "DPO needs preference pairs"
     assert n["rag"] >= 60
     assert n["alpaca"] > 0 and n["conversations"] > 0 and n["alpaca"] + n["conversations"] >= 300
-    story = (C.REPO / BY_KEY["story"].path).read_text(encoding="utf-8")
+    story = (REPO / BY_KEY["story"].path).read_text(encoding="utf-8")
     assert C.non_whitespace(story) >= 30_000
 
 
@@ -252,7 +251,7 @@ def test_referenced_ids_exist():
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.key)
 def test_utf8_and_clean_text(spec):
-    raw = (C.REPO / spec.path).read_bytes()
+    raw = (REPO / spec.path).read_bytes()
     text = raw.decode("utf-8")  # strict: raises on invalid UTF-8
     assert "\ufffd" not in text and not text.startswith("\ufeff")
     assert "\r" not in text and text.endswith("\n")

@@ -216,7 +216,7 @@ def test_exports_load_and_generate_in_a_fresh_venv_like_make_generate(tmp_path):
     """`make export` of a GPT run and an LSTM run; a venv with only torch + transformers loads both and generates
     greedily exactly what `make generate` (shared.inference.generate.generate, do_sample=false) writes with slm."""
     from shared.config.runs import find_run
-from shared.inference.generate import generate, load
+    from shared.inference.generate import generate, load
 
     root = tmp_path / "runs"
     save_run(root / "nanogpt/gpt/final", random_gpt(bias=False, vocab=320), TEXTS, PRESET)

@@ -254,7 +254,7 @@ def test_models_and_a_chat_completion_answer_like_make_chat(live, root):
     from shared.inference import chat
     from shared.inference import serve
     from shared.config.runs import find_run
-from shared.inference.generate import load
+    from shared.inference.generate import load
 
     client = live.client()
     assert [m.id for m in client.models.list().data] == ["tiny/chat"]

@@ -18,7 +18,7 @@ def served(tmp_path_factory):
     from gradio_client import Client
 
     from shared.config.runs import find_run
-from shared.inference.generate import load
+    from shared.inference.generate import load
 
     root = tmp_path_factory.getbasetemp() / "chat-runs"
     make_run(root)
@@ -83,7 +83,7 @@ def test_a_port_in_use_is_one_line_before_the_model_loads_and_from_gradios_own_c
 
 def test_a_plain_language_model_gets_its_prompt_continued(served):
     from shared.config.runs import find_run
-from shared.inference.generate import load
+    from shared.inference.generate import load
 
     _, root = served
     model, tok, _ = load(find_run("tiny", None, root))

@@ -33,6 +33,7 @@ from shared.config import cli
 from shared.training import stage
 from shared.data.sources import _read_text, fingerprint_files, load_source, split_train_eval
 from shared.config.errors import UserError, run_main
+from shared.config.files import walk_files
 from shared.data.hub import Provenance, warn_loudly
 from shared.config.recipe import DataArgs, Recipe, resolve_path
 from shared.data.tokenizer import char_tokenizer, load_tokenizer
@@ -179,7 +180,7 @@ def to_chat(ds: Dataset, src: Source, where: str) -> Dataset:
 def read_whole(path: str) -> tuple[Dataset, Provenance]:
     """A .txt file (or a folder's .txt files, in name order) read whole: one record per file, its text unchanged."""
     folder = resolve_path(path)
-    files = sorted(folder.rglob("*.txt")) if folder.is_dir() else [folder]
+    files = walk_files(folder, (".txt",)) if folder.is_dir() else [folder]
     if not files or not files[0].is_file():
         raise UserError(f"data not found: {path}" if not folder.exists() else f"{path}: no .txt files in the folder")
     if any(f.suffix != ".txt" for f in files):

@@ -4,7 +4,6 @@ top-k 200), streamed; the KV cache makes each new token one small forward pass.
     make generate MODEL=nanogpt [PROMPT="<user>Hello, how are you?<end>\n<assistant>"] [RUN=finetune]
 """
 from shared.inference import generate
-from shared.config.errors import run_main
 
 if __name__ == "__main__":
-    run_main(lambda argv: generate.main(argv, model_name="nanogpt"))
+    generate.run("nanogpt")

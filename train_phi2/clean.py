@@ -57,11 +57,12 @@ from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 from xxhash import xxh32_intdigest
 
-from shared import REPO_ROOT
 from shared.config import cli
 from shared.training import stage
 from shared.data.sources import read_jsonl
+from shared.data.text import collapse_blank_lines, drop_invisible, squeeze_spaces
 from shared.config.errors import UserError, run_main
+from shared.config.files import display_path, walk_files
 from shared.config.recipe import resolve_path
 
 
@@ -90,11 +91,7 @@ HEADING_BREAKERS = frozenset("，。；？！,;?!")  # sentence punctuation: a l
 SPEECH = re.compile("^[“「『].*[”」』]$|[：:][“「『]")  # a quoted line, or 说：“...
 ATTRIBUTION = re.compile("[。！？…”」]——[^。！？…]*$")  # ...吃饱。——柯满江，电焊工 (a signature: no 。)
 
-LINE_BREAKS = re.compile("\r\n?|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")  # what str.splitlines() splits on
-INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
-SPACES = re.compile("[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
 SPACE_IN_CHINESE = re.compile(f"(?<=[{CJK}{CN_PUNCT}]) (?=[{CJK}{CN_PUNCT}])")
-BLANK_LINES = re.compile(r"\n{3,}")
 FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F) if chr(c) not in "！（），：；？～"}
 FULLWIDTH.update({0xFF61: "。", 0xFF62: "「", 0xFF63: "」", 0xFF64: "、"})  # half-width CJK marks
 FULLWIDTH_RUN = re.compile("[\uff01-\uff5e\uff61-\uff64]+")
@@ -112,16 +109,13 @@ def is_heading(line: str) -> bool:
     return len(line) <= HEADING_MAX_CHARS and not HEADING_BREAKERS.intersection(line) and not SPEECH.search(line)
 
 
-def drop_invisible(text: str) -> str:
-    return INVISIBLE.sub("", LINE_BREAKS.sub("\n", text))
-
-
 def normalise_whitespace(text: str) -> str:
+    """The shared space rules, plus this stage's own: no space between Chinese characters, except in a heading."""
     lines = []
     for line in text.split("\n"):
-        line = SPACES.sub(" ", line).strip()
+        line = squeeze_spaces(line)
         lines.append(line if is_heading(line) else SPACE_IN_CHINESE.sub("", line))
-    return BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
+    return collapse_blank_lines("\n".join(lines)).strip("\n")
 
 
 def normalise_width(text: str) -> str:
@@ -245,23 +239,17 @@ class Input(NamedTuple):
     fields: list[str]
 
 
-def shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def files_of(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        files = walk_files(path, SUFFIXES)
         if not files:
-            raise UserError(f"{shown(path)}: folder holds no .jsonl or .txt files")
+            raise UserError(f"{display_path(path)}: folder holds no .jsonl or .txt files")
         return files
     if not path.is_file():
-        raise UserError(f"stage.inputs: {shown(path)} not found")
+        raise UserError(f"stage.inputs: {display_path(path)} not found")
     if path.suffix not in SUFFIXES:
-        raise UserError(f"stage.inputs: {shown(path)}: cleaning reads .jsonl and .txt (one paragraph per record)")
+        raise UserError(f"stage.inputs: {display_path(path)}: cleaning reads .jsonl and .txt (one paragraph per "
+                        f"record)")
     return [path]
 
 
@@ -293,8 +281,8 @@ def _no_field(file: Path, fields: list[str], unseen: set, first: dict, n: int) -
     name = next(f for f in fields if f in unseen)
     close = difflib.get_close_matches(name, list(first), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise UserError(f"{shown(file)}: none of the first {n:,} records has the field '{name}'{hint}; the first one has "
-                    f"{', '.join(first)}; name the text fields with stage.fields or {{path: ..., fields: [...]}}")
+    raise UserError(f"{display_path(file)}: none of the first {n:,} records has the field '{name}'{hint}; the "
+                    f"first one has {', '.join(first)}; name the text fields with stage.fields or {{path: ..., fields: [...]}}")
 
 
 def paragraphs(file: Path) -> Iterator[str]:
@@ -305,13 +293,13 @@ def paragraphs(file: Path) -> Iterator[str]:
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")  # a BOM: as in .jsonl
             except UnicodeDecodeError as e:
-                raise UserError(f"{shown(file)}:{number}: not valid UTF-8 (byte {e.start})") from None
+                raise UserError(f"{display_path(file)}:{number}: not valid UTF-8 (byte {e.start})") from None
             if line.strip():
                 lines.append(line)
                 size += len(line)
                 if size > MAX_PARAGRAPH_CHARS:
-                    raise UserError(f"{shown(file)}:{number}: paragraph over {MAX_PARAGRAPH_CHARS:,} characters; "
-                                    f"a .txt input holds paragraphs separated by blank lines")
+                    raise UserError(f"{display_path(file)}:{number}: paragraph over {MAX_PARAGRAPH_CHARS:,} "
+                                    f"characters; a .txt input holds paragraphs separated by blank lines")
             elif lines:
                 yield "\n".join(lines)
                 lines, size = [], 0
@@ -337,7 +325,7 @@ def read_records(inputs: list[Input], txt_record_chars: int) -> Iterator[tuple[s
     for spec in inputs:
         for file in files_of(spec.path):
             texts = txt_texts(file, txt_record_chars) if file.suffix == ".txt" else jsonl_texts(file, spec.fields)
-            source = shown(file)
+            source = display_path(file)
             for text in texts:
                 yield source, text
 
@@ -519,12 +507,12 @@ def main(argv: list[str]) -> None:
               f"{seconds:.1f} s", flush=True)
         if tally.total(0) == 0:
             raise UserError(f"{recipe.where('stage.inputs')}: the input is empty (no record read from "
-                            f"{', '.join(shown(i.path) for i in inputs)})")
+                            f"{', '.join(display_path(i.path) for i in inputs)})")
         if tally.total(1) == 0:
             raise UserError(f"{recipe.where('stage.inputs')}: no record survived cleaning (table above); "
                             f"check stage.fields and stage.min_chars={a.min_chars}")
         out.log.facts.update({
-            "inputs": ", ".join(shown(i.path) + ("" if i.fields == ["text"] else f" ({' + '.join(i.fields)})")
+            "inputs": ", ".join(display_path(i.path) + ("" if i.fields == ["text"] else f" ({' + '.join(i.fields)})")
                                 for i in inputs),
             "records": f"{tally.total(0):,} in -> {tally.total(1):,} out (clean.jsonl)",
             "characters": f"{tally.total(2):,} in -> {tally.total(3):,} out",

@@ -20,7 +20,8 @@ from shared.training.checkpoints import checkpoints, is_complete
 from shared.data.sources import load_source
 from shared.config.errors import UserError, run_main
 from shared.eval.metrics import rouge_l
-from shared.config.recipe import display_path, resolve_path
+from shared.config.files import display_path
+from shared.config.recipe import resolve_path
 
 
 @dataclass

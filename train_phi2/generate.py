@@ -4,7 +4,6 @@ search with no_repeat_ngram_size=4, stopping at [EOS], at most the run's max_new
     make generate MODEL=phi2 [PROMPT="苇川的春天"] [RUN=pretrain]
 """
 from shared.inference import generate
-from shared.config.errors import run_main
 
 if __name__ == "__main__":
-    run_main(lambda argv: generate.main(argv, model_name="phi2"))
+    generate.run("phi2")

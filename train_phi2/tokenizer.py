@@ -16,7 +16,8 @@ from pathlib import Path
 from shared.config import cli
 from shared.config import errors
 from shared.training import stage
-from shared.config.recipe import display_path, resolve_path
+from shared.config.files import display_path
+from shared.config.recipe import resolve_path
 from shared.data.tokenizer import TokenizerTraining, jsonl_texts, train_from_texts
 from shared.config.runs import final_of
 

@@ -3,7 +3,6 @@
     make generate MODEL=phi3 [PROMPT="春天来了，"] [RUN=poetry] [ARGS="temperature=0.7"]
 """
 from shared.inference import generate
-from shared.config.errors import run_main
 
 if __name__ == "__main__":
-    run_main(lambda argv: generate.main(argv, model_name="phi3"))
+    generate.run("phi3")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from shared.config.recipe import Recipe, _display, load_recipe
+from shared.config.files import display_path
+from shared.config.recipe import Recipe, load_recipe
 
 
 def parse(argv: list[str], default_recipe: str, description: str,
@@ -25,6 +26,6 @@ def parse(argv: list[str], default_recipe: str, description: str,
     if args.publish_log and args.overrides and not args.publish_anyway:
         # an experiment must not replace the committed reference log with a description of itself
         print(f"not publishing {args.publish_log}: this run has overrides ({' '.join(args.overrides)}), so its log "
-              f"stays in {_display(recipe.run_dir / 'final')}/ (PUBLISH=yes publishes it anyway)", flush=True)
+              f"stays in {display_path(recipe.run_dir / 'final')}/ (PUBLISH=yes publishes it anyway)", flush=True)
         args.publish_log = None
     return recipe, args

@@ -35,6 +35,7 @@ import yaml
 
 from shared import REPO_ROOT
 from shared.config.errors import UserError
+from shared.config.files import display_path
 
 # key names whose values are secrets: token, hub_token, HF_TOKEN, WANDB_API_KEY, db_password, client_secret...
 SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_key|credentials?)$", re.I)
@@ -357,7 +358,7 @@ def _read_yaml(path: Path, shown: str) -> tuple[dict, dict]:
 def _read_recipe(path: Path, seen: tuple = (), via: str | None = None) -> tuple[dict, dict]:
     """(sections, "section.key" -> "file:line"); `extends: <recipe>` at the top reads that recipe first and lays
     this file's keys over it, key by key within each section (a variant names only what it changes)."""
-    shown = _display(path)
+    shown = display_path(path)
     if not path.is_file():
         raise UserError(f"{via}: extends {shown}: recipe not found" if via else f"recipe not found: {shown}")
     raw, numbers = _read_yaml(path, shown)
@@ -382,7 +383,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, stage: typ
     `stage`: the dataclass a non-training stage's script declares for the recipe's `stage:` section.
     """
     path = Path(path)
-    shown = _display(path)
+    shown = display_path(path)
     raw, lines = _read_recipe(path)
 
     def where(key: str) -> str:
@@ -530,15 +531,3 @@ def resolve_path(path: str | Path) -> Path:
     """Recipe paths are relative to the repository root, so scripts work from any working directory."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else REPO_ROOT / p
-
-
-def display_path(path: str | Path) -> str:
-    """A path as logs record it: relative to the repository when inside it, never this machine's layout."""
-    return _display(Path(path))
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)

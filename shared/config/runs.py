@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.config.errors import UserError
-from shared.config.recipe import display_path, resolve_path
+from shared.config.files import display_path
+from shared.config.recipe import resolve_path
 
 MARKER = "stage.json"  # written last into final/: the stage finished
 

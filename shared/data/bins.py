@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from shared.config.errors import UserError
+from shared.config.files import atomic_path, atomic_write
 
 META = "meta.json"
 CHUNK = 1024  # documents per task sent to a worker
@@ -110,19 +111,17 @@ def write_bins(out_dir: str | Path, splits: dict, tokenizer, *, text_column: str
     finally:
         if pool is not None:
             pool.terminate()
-    tmp = out_dir / f".{META}.tmp"
-    tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, out_dir / META)
+    atomic_write(out_dir / META, json.dumps(meta, ensure_ascii=False, indent=1))
     return meta
 
 
 def _write_split(path: Path, name: str, n_docs: int, pool, num_proc: int) -> dict:
     """Append the chunks' ids to a temporary file in document order (at most 2 chunks per worker in flight)."""
-    tmp = path.with_name(f".{path.name}.tmp")
     sha, tokens = hashlib.sha256(), 0
     tasks = ((name, start, min(start + CHUNK, n_docs)) for start in range(0, n_docs, CHUNK))
     pending: deque = deque()
-    with open(tmp, "wb") as f, tqdm(total=n_docs, desc=f"tokenizing {name}", unit="docs") as bar:
+    bar = tqdm(total=n_docs, desc=f"tokenizing {name}", unit="docs")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, bar:
         def write(ids: np.ndarray, docs: int) -> None:
             nonlocal tokens
             data = ids.tobytes()
@@ -142,7 +141,6 @@ def _write_split(path: Path, name: str, n_docs: int, pool, num_proc: int) -> dic
         while pending:
             job, docs = pending.popleft()
             write(job.get(), docs)
-    os.replace(tmp, path)
     return {"file": path.name, "tokens": tokens, "documents": n_docs, "sha256": sha.hexdigest()}
 
 

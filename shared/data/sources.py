@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 
 from shared.config.errors import UserError
+from shared.config.files import walk_files
 from shared.data.hub import Provenance, hub_reachable, load_or_fallback, warn_loudly  # noqa: F401 (re-exported)
 from shared.config.recipe import DataArgs, resolve_path
 
@@ -49,7 +50,7 @@ def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+        files = walk_files(path, LOCAL_SUFFIXES)
         if not files:
             raise UserError(f"{path}: folder holds no data files ({', '.join(LOCAL_SUFFIXES)})")
         return files

@@ -33,11 +33,12 @@ from typing import Callable, Iterable
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
-from shared import REPO_ROOT
 from shared.data.sources import read_jsonl
+from shared.data.text import TEXT_FIELDS, record_text
 from shared.data.hub import load_or_fallback
 from shared.eval.metrics import key_recall, normalize, rouge_l  # key_recall: the one rule (rag.py and its tests call it here)
 from shared.config.errors import UserError
+from shared.config.files import atomic_write, display_path, walk_files
 from shared.config.recipe import resolve_path
 
 DOC_SUFFIXES = (".txt", ".md", ".jsonl")
@@ -61,7 +62,7 @@ def document_files(paths: str | Iterable[str]) -> list[Path]:
                 raise UserError(f"stage.docs: {ref} is not a {', '.join(DOC_SUFFIXES)} file")
             files.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DOC_SUFFIXES)
+            found = walk_files(path, DOC_SUFFIXES)
             if not found:
                 raise UserError(f"stage.docs: folder {ref} holds no {', '.join(DOC_SUFFIXES)} files")
             files.extend(found)
@@ -72,39 +73,23 @@ def document_files(paths: str | Iterable[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def shown(path: Path) -> str:
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-TEXT_FIELDS = ("summary", "body", "content", "text")  # the bundled entries have summary + sections, news a body
-
-
-def record_text(record: dict) -> str:
-    """One JSONL record as a document: title (+ date), its text fields, then its sections with their headings."""
-    head = "\n".join(str(record[k]) for k in ("title", "date") if record.get(k))
-    parts = [head] + [str(record[k]) for k in TEXT_FIELDS if record.get(k)]
-    for section in record.get("sections") or []:
-        if isinstance(section, dict):
-            parts.append("\n".join(str(section[k]) for k in ("title", "content") if section.get(k)))
-    return "\n\n".join(p.strip() for p in parts if p.strip())
-
-
 def load_documents(files: list[Path]) -> list[Document]:
     """Metadata of every document: doc_id (the record's `id`, else file[:n]), title, source (the file)."""
     docs = []
     for file in files:
+        source = display_path(file)
         if file.suffix == ".jsonl":
             for n, record in enumerate(read_jsonl(file), start=1):
                 if not any(record.get(k) for k in TEXT_FIELDS + ("sections",)):
-                    raise UserError(f"{shown(file)}: record {n} has no text ({', '.join(TEXT_FIELDS)} or sections)")
-                doc_id = str(record.get("id") or f"{shown(file)}[{n}]")
-                docs.append(Document(record_text(record), metadata={
-                    "doc_id": doc_id, "title": str(record.get("title") or doc_id), "source": shown(file)}))
+                    raise UserError(f"{source}: record {n} has no text ({', '.join(TEXT_FIELDS)} or sections)")
+                doc_id = str(record.get("id") or f"{source}[{n}]")
+                docs.append(Document(record_text(record, sep="\n\n"), metadata={
+                    "doc_id": doc_id, "title": str(record.get("title") or doc_id), "source": source}))
         else:
             text = file.read_text(encoding="utf-8", errors="strict").strip()
             first = text.splitlines()[0].lstrip("# ").strip() if text else ""
             title = first if file.suffix == ".md" and text.startswith("#") else file.stem
-            docs.append(Document(text, metadata={"doc_id": shown(file), "title": title, "source": shown(file)}))
+            docs.append(Document(text, metadata={"doc_id": source, "title": title, "source": source}))
     return [d for d in docs if d.page_content]
 
 
@@ -217,7 +202,8 @@ def embeddings(name: str | None, fallback: str) -> tuple[Embeddings, str]:
         return packaged_embeddings(name or fallback)
     local = resolve_path(name)
     if local.is_dir():
-        return sentence_transformer(str(local)), f"local folder {shown(local)} (sha256 {folder_digest(local)[:16]})"
+        return (sentence_transformer(str(local)),
+                f"local folder {display_path(local)} (sha256 {folder_digest(local)[:16]})")
     packaged: list = []
     model, prov = load_or_fallback("embedding model", name, lambda: sentence_transformer(name),
                                    fallback=f"the packaged {fallback} model",
@@ -272,7 +258,7 @@ def _signature(manifest: dict) -> str:
 def wanted_manifest(files: list[Path], identity: str, chunk_size: int, chunk_overlap: int) -> dict:
     """What an index for these documents, this embedding model and these splitter settings must record."""
     return {"format": MANIFEST_FORMAT, "written_by": "slm shared/eval/retrieval.py",
-            "documents": {shown(f): sha256_file(f) for f in files}, "embedding": identity,
+            "documents": {display_path(f): sha256_file(f) for f in files}, "embedding": identity,
             "splitter": splitter_settings(chunk_size, chunk_overlap)}
 
 
@@ -298,9 +284,7 @@ def save_index(store, folder: Path, manifest: dict) -> dict:
     manifest = {**manifest, "index_files": {p.name: sha256_file(p) for p in files},
                 "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     manifest["signature"] = _signature(manifest)
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, folder / MANIFEST)
+    atomic_write(folder / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=1))
     return manifest
 
 
@@ -319,9 +303,9 @@ def load_verified(folder: Path, wanted: dict, embedding: Embeddings):
     except (ValueError, UnicodeDecodeError):
         saved = None
     if not isinstance(saved, dict) or not isinstance(saved.get("index_files"), dict):
-        return None, f"{shown(path)} is unreadable (half-written or not ours): rebuilding, not loading"
+        return None, f"{display_path(path)} is unreadable (half-written or not ours): rebuilding, not loading"
     if not hmac.compare_digest(str(saved.get("signature", "")), _signature(saved)):
-        return None, (f"{shown(path)} is not signed by this user's key (edited, or copied from elsewhere): "
+        return None, (f"{display_path(path)} is not signed by this user's key (edited, or copied from elsewhere): "
                       f"rebuilding, not loading its pickle")
     reason = stale_reason(saved, wanted)
     if reason:
@@ -329,12 +313,12 @@ def load_verified(folder: Path, wanted: dict, embedding: Embeddings):
     index_dir = folder / INDEX_DIR
     present = {p.name for p in index_dir.iterdir() if p.is_file()} if index_dir.is_dir() else set()
     if present != set(saved["index_files"]):
-        return None, f"{shown(index_dir)} doesn't hold the files its manifest lists: rebuilding, not loading"
+        return None, f"{display_path(index_dir)} doesn't hold the files its manifest lists: rebuilding, not loading"
     with tempfile.TemporaryDirectory(prefix="slm-index-") as private:
         for name, digest in saved["index_files"].items():
             data = (index_dir / name).read_bytes()
             if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), digest):
-                return None, (f"{shown(index_dir / name)} differs from the file this project wrote (sha256 "
+                return None, (f"{display_path(index_dir / name)} differs from the file this project wrote (sha256 "
                               f"mismatch: tampered or replaced): rebuilding, not loading it")
             Path(private, name).write_bytes(data)
         # safe: these are the exact bytes whose hash our own signed manifest recorded when we wrote them
@@ -361,11 +345,11 @@ def open_index(folder: Path, docs: str | list[str], embedding: Embeddings, ident
     files = document_files(docs)
     chunks = split_documents(load_documents(files), chunk_size, chunk_overlap)
     if not chunks:
-        raise UserError(f"stage.docs: the documents ({', '.join(shown(f) for f in files[:3])}...) hold no text")
+        raise UserError(f"stage.docs: the documents ({', '.join(display_path(f) for f in files[:3])}...) hold no text")
     wanted = wanted_manifest(files, identity, chunk_size, chunk_overlap)
     store, reason = load_verified(folder, wanted, embedding)
     if store is not None:
-        print(f"index: reusing {shown(folder / INDEX_DIR)} ({len(chunks)} chunks, manifest verified)", flush=True)
+        print(f"index: reusing {display_path(folder / INDEX_DIR)} ({len(chunks)} chunks, manifest verified)", flush=True)
         return Index(store, chunks, {**wanted, "chunks": len(chunks)}, rebuilt=False, reason="")
     print(f"index: building ({reason}); embedding {len(chunks)} chunks with {identity}", flush=True)
     t = time.perf_counter()
@@ -451,7 +435,8 @@ def load_questions(path: str | Path) -> list[dict]:
     rows = list(read_jsonl(path))
     for n, row in enumerate(rows, start=1):
         if not isinstance(row.get("question"), str) or not isinstance(row.get("sources"), list):
-            raise UserError(f"{shown(path)}: record {n} needs 'question' (text) and 'sources' (list of document ids)")
+            raise UserError(f"{display_path(path)}: record {n} needs 'question' (text) and 'sources' (list of "
+                            f"document ids)")
     return rows
 
 

@@ -51,6 +51,7 @@ from typing import Iterator
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from shared.config import catalog
 from shared.config.errors import UserError, run_main
 from shared.inference.generate import answer_processors, generation_config, open_run, preset_overrides, run_parser
 from shared.models.registry import context_length
@@ -372,7 +373,7 @@ def repl(chat: Chat, name: str, show_prompt: bool = False) -> int:
 
 def main(argv: list[str], model_name: str | None = None) -> None:
     parser = run_parser("Chat with a trained slm model in the turn format of its recipe.", model_name,
-                        "nanogpt | phi2 | minigl | ... (a folder under runs/)")
+                        f"{catalog.choices(chat_only=True)} (or a folder under runs/)")
     parser.add_argument("--prompt", action="append",
                         help="answer this and exit (repeatable: the turns of one conversation; default: $SLM_PROMPT, "
                              "else the interactive REPL)")
@@ -394,6 +395,11 @@ def main(argv: list[str], model_name: str | None = None) -> None:
     code = repl(chat, name, args.show_prompt)
     if code:
         sys.exit(code)
+
+
+def run(model_name: str) -> None:
+    """A chat model's chat script (train_phi2/chat.py: `chat.run("phi2")`); errors: one line, exit code 2."""
+    run_main(lambda argv: main(argv, model_name))
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ import torch
 import yaml
 
 from shared.inference.chat import with_template
+from shared.config import catalog
 from shared.config.errors import UserError, run_main
 from shared.config.runs import find_run
 
-SHARED = Path(__file__).resolve().parent
+MODEL_CODE = Path(__file__).resolve().parent.parent / "models"  # lstm.py and gpt.py, copied beside an LSTM export
 
 
 def gpt2_config(config):
@@ -125,9 +126,10 @@ def export(final: Path, out: Path) -> str:
             (tmp / "config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
             for code in ("lstm.py", "gpt.py"):  # lstm.py imports its shared head from gpt.py
                 # without slm's own registration line: the copy loads through auto_map, and loaded into a process
-                # that has slm it must not take over the slm_gpt / slm_lstm names
+                # that has slm it must not take over the slm_gpt / slm_lstm names; gpt.py is imported from beside it
                 text = re.sub(r"^register\(.*$", "# (registered by slm; this copy loads through config.json's "
-                              "auto_map)", (SHARED / code).read_text(encoding="utf-8"), flags=re.M)
+                              "auto_map)", (MODEL_CODE / code).read_text(encoding="utf-8"), flags=re.M)
+                text = text.replace("from shared.models.gpt import", "from .gpt import")
                 (tmp / code).write_text(text, encoding="utf-8")
             what = "LSTMForCausalLM with its code (trust_remote_code=True)"
     recipe = yaml.safe_load((src / "recipe.yaml").read_text(encoding="utf-8")) if (src / "recipe.yaml").is_file() else {}
@@ -141,11 +143,12 @@ def export(final: Path, out: Path) -> str:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Export a trained slm run as a folder that loads without slm.")
-    parser.add_argument("model", help="nanogpt | minigl | phi2 | phi3 | mixtral (a folder under runs/)")
+    parser.add_argument("model", help=f"{catalog.choices()} (or a folder under runs/)")
     parser.add_argument("--run", help="run name under runs/<model>/ (default: $SLM_RUN, else the newest)")
     parser.add_argument("--root", default="runs", help="runs folder (default: runs)")
     parser.add_argument("--out", help="output folder (default: runs/<model>/<run>/export)")
     args = parser.parse_args(argv)
+    catalog.check(args.model, args.root)
     final = find_run(args.model, args.run or os.environ.get("SLM_RUN") or None, args.root)
     final = final.parent if final.name == "merged" else final
     out = Path(args.out) if args.out else final.parent / "export"

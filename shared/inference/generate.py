@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.generation.logits_process import LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
 from shared import REPO_ROOT
-from shared.config.errors import UserError
+from shared.config import catalog
+from shared.config.errors import UserError, run_main
 from shared.config.runs import find_run
 from shared.models.registry import context_length
 from shared.config.recipe import PRESET_ONLY, check_generation_keys, parse_override, resolve_path
@@ -319,6 +320,8 @@ def preset_overrides(args, where: str) -> dict:
 
 def open_run(args, model_name: str | None, overrides: dict):
     """(final folder, model, tokenizer, preset = the run's recipe preset + the command line's overrides)."""
+    if model_name is None:
+        catalog.check(args.model, args.root)
     path = find_run(model_name or args.model, args.run, args.root)
     model, tok, recipe = load(path)
     torch.manual_seed(args.seed)
@@ -327,7 +330,7 @@ def open_run(args, model_name: str | None, overrides: dict):
 
 def main(argv: list[str], model_name: str | None = None) -> None:
     parser = run_parser("Generate with a trained slm model and its decoding preset.", model_name,
-                        "phi3 | mixtral | phi2 | nanogpt | minigl")
+                        f"{catalog.choices()} (or a folder under runs/)")
     parser.add_argument("--prompt", action="append",
                         help="prompt (repeatable; default: $SLM_PROMPT, else the preset's prompts)")
     args = parser.parse_args(argv)
@@ -338,3 +341,8 @@ def main(argv: list[str], model_name: str | None = None) -> None:
     for prompt in prompts:
         print("-" * 60, flush=True)
         generate(model, tok, prompt, preset, stream=True)
+
+
+def run(model_name: str) -> None:
+    """A model folder's generation script (train_phi3/generate.py: `generate.run("phi3")`); errors: one line, exit 2."""
+    run_main(lambda argv: main(argv, model_name))

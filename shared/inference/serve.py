@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from shared.inference.chat import DEFAULT_NEW_TOKENS, ChatFormat, cut_at_stops, decoding, split_stops, with_template
+from shared.config import catalog
 from shared.config.errors import run_main
 from shared.config.runs import find_run
 from shared.inference.generate import generation_config, load, preset_overrides
@@ -281,7 +282,7 @@ def open_served(model_name: str, run: str | None = None, root: str = "runs", ove
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Serve a trained slm run over the OpenAI API (transformers serve).")
-    parser.add_argument("model", help="phi2 | nanogpt | minigl | phi3 | mixtral (a folder under runs/)")
+    parser.add_argument("model", help=f"{catalog.choices()} (or a folder under runs/)")
     parser.add_argument("--run", help="run name under runs/<model>/ (default: the newest)")
     parser.add_argument("--root", default="runs", help="runs folder (default: runs)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -291,6 +292,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", help="preset key=value (e.g. temperature=0.7 max_new_tokens=64)")
     args = parser.parse_intermixed_args(argv)
     args.run = args.run or os.environ.get("SLM_RUN") or None
+    catalog.check(args.model, args.root)
     served = open_served(args.model, args.run, args.root, preset_overrides(args, "serve"))
     import uvicorn
 

@@ -24,6 +24,7 @@ import traceback
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
 import gradio as gr  # noqa: E402
 
+from shared.config import catalog  # noqa: E402
 from shared.inference import chat  # noqa: E402
 from shared.config.errors import UserError, run_main  # noqa: E402
 from shared.inference.generate import open_run, preset_overrides, run_parser  # noqa: E402
@@ -116,7 +117,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bo
 
 def serve(argv: list[str], model_name: str | None = None) -> None:
     parser = run_parser("A web page to try a trained slm model (Gradio).", model_name,
-                        "minigl | nanogpt | phi2 | ... (a folder under runs/)")
+                        f"{catalog.choices()} (or a folder under runs/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     args = parser.parse_intermixed_args(argv)
@@ -129,6 +130,11 @@ def serve(argv: list[str], model_name: str | None = None) -> None:
     path, model, tok, preset = open_run(args, model_name, overrides)
     print(f"model: {path}", file=sys.stderr, flush=True)
     launch(build(model, tok, preset, title=f"slm: {name} ({path.parent.name})"), args.host, args.port)
+
+
+def run(model_name: str) -> None:
+    """A model folder's web page script (minigl/sample_gradio.py: `webui.run("minigl")`); errors: one line, exit 2."""
+    run_main(lambda argv: serve(argv, model_name))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Models: config (JSON file or Hub id) + overrides -> a transformers model, random or from `model.init_from`;
-parameter counts. Also the home of slm's own architectures: importing this module registers them with the Auto
-classes, so in any process that did `import shared.models.registry` their checkpoints load with
+parameter counts; training FLOPs per token (nanoGPT's estimate: what bench/compare.py and bench/gpu_check.py
+report). Also the home of slm's own architectures: importing this module registers them with the Auto classes, so
+in any process that did `import shared.models.registry` their checkpoints load with
 `AutoModelForCausalLM.from_pretrained(folder)` and generate with `.generate()`, no `trust_remote_code` needed.
 
     config = models.model_config(recipe)                  # checked before any data is read or model built
@@ -188,3 +189,14 @@ def describe_parameters(model: torch.nn.Module) -> str:
     if n["trainable"] != n["total"]:
         text += f"; trainable {n['trainable']:,} ({100 * n['trainable'] / n['total']:.2f}%)"
     return text
+
+
+def flops_per_token(config, matmul_params: int, context: int) -> float:
+    """Training FLOPs per token as nanoGPT's estimate_mfu counts them (PaLM appendix B): 6 N for the matmuls through
+    the N parameters a token uses, forward + backward, plus 12 L d T for attention's scores and weighted sum over a
+    context of T (none in a model without attention heads, the LSTM)."""
+    if not (getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)):
+        return 6 * matmul_params
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    width = getattr(config, "hidden_size", None) or config.n_embd
+    return 6 * matmul_params + 12 * layers * width * context

@@ -17,23 +17,16 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from shared.config.errors import UserError
+from shared.config.files import atomic_write
 
 MARKER = ".complete"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _inventory(folder: Path) -> dict[str, int]:
+    """Every file of the checkpoint and its size, but the marker (and the temporary name atomic_write gives it)."""
     return {str(p.relative_to(folder)): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (MARKER, MARKER + ".tmp")}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (MARKER, f".{MARKER}.tmp")}
 
 
 def mark_complete(folder: Path) -> None:
@@ -41,7 +34,7 @@ def mark_complete(folder: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    _write_atomic(folder / MARKER, json.dumps(_inventory(folder), indent=0))
+    atomic_write(folder / MARKER, json.dumps(_inventory(folder), indent=0))
 
 
 def is_complete(folder: Path) -> bool:

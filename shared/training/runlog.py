@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from shared import REPO_ROOT
+from shared.config.files import atomic_path, atomic_write
 from shared.config.recipe import REDACTED, is_secret_key
 
 PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "accelerate", "trl", "peft", "deepspeed")
@@ -193,15 +193,10 @@ class RunLog(TrainerCallback):
     def write(self, folder: Path, name: str = "train_log.md") -> Path:
         """Write `name` (+ loss.png) into `folder` via temporary names, so a crash leaves no half file."""
         folder.mkdir(parents=True, exist_ok=True)
-        png = folder / "loss.png"
-        has_png = self.plot(folder / ".loss.png.tmp")
-        if has_png:
-            os.replace(folder / ".loss.png.tmp", png)
-        target = folder / name
-        tmp = folder / ".train_log.md.tmp"
-        tmp.write_text(self.render(png.name if has_png else None), encoding="utf-8")
-        os.replace(tmp, target)
-        return target
+        with atomic_path(folder / "loss.png") as tmp:
+            has_png = self.plot(tmp)
+        atomic_write(folder / name, self.render("loss.png" if has_png else None))
+        return folder / name
 
 
 def peak_memory() -> dict:
@@ -240,10 +235,8 @@ def publish(log: Path, dest: str | Path) -> Path:
     stem = dest.name.removesuffix("_log.md").removesuffix(".md")
     png_name = "loss.png" if stem == "train" else f"{stem}_loss.png"
     text = log.read_text(encoding="utf-8").replace("](loss.png)", f"]({png_name})")
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, dest)
+    atomic_write(dest, text)
     if log.with_name("loss.png").is_file():
-        shutil.copyfile(log.with_name("loss.png"), dest.with_name(png_name))
+        atomic_write(dest.with_name(png_name), log.with_name("loss.png").read_bytes())
     print(f"reference log published: {dest}", flush=True)
     return dest

@@ -14,25 +14,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
 from shared.config.errors import UserError
-from shared.config.recipe import Recipe, display_path, resolve_path
+from shared.config.files import atomic_folder, atomic_write, display_path, replace_folder
+from shared.config.recipe import Recipe, resolve_path
 from shared.config.runs import MARKER
 from shared.training.runlog import RunLog, now_utc, publish, run_facts
 
+
 def swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` with `tmp` so that a crash leaves either the old or the new folder, never half of one."""
-    old = final.with_name(".final-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    """Replace `final` with `tmp`, old or new and never half (`replace_folder`; the trainer's final/ is written by
+    every rank, so it can't be one `atomic_folder` block)."""
+    replace_folder(tmp, final)
 
 
 def recipe_changes(saved: Path, recipe: Recipe, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -103,9 +100,7 @@ def check_replace(recipe: Recipe) -> None:
 
 def write_marker(folder: Path, recipe: Recipe, title: str) -> None:
     info = {"stage": title, "recipe": recipe.source, "run": str(recipe.run_dir), "finished": now_utc()}
-    tmp = folder / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, folder / MARKER)
+    atomic_write(folder / MARKER, json.dumps(info, ensure_ascii=False, indent=1))
 
 
 class StageOutput:
@@ -120,20 +115,13 @@ def output(recipe: Recipe, title: str, publish_log: str | None = None) -> Iterat
     On an error the temporary folder is removed and an earlier final/ stays as it was."""
     run_dir = recipe.run_dir
     check_replace(recipe)
-    tmp = run_dir / ".final-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    out = StageOutput(tmp, RunLog(title, run_facts()))
-    try:
+    with atomic_folder(run_dir / "final") as tmp:
+        out = StageOutput(tmp, RunLog(title, run_facts()))
         yield out
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    out.log.add_section("Resolved recipe", f"```yaml\n{recipe.to_yaml()}```")
-    (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    log = out.log.write(tmp, "stage_log.md")
-    write_marker(tmp, recipe, title)
-    swap_in(tmp, run_dir / "final")
+        out.log.add_section("Resolved recipe", f"```yaml\n{recipe.to_yaml()}```")
+        (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        log = out.log.write(tmp, "stage_log.md")
+        write_marker(tmp, recipe, title)
     print(f"\nstage output: {run_dir / 'final'}\nlog: {run_dir / 'final' / log.name}", flush=True)
     if publish_log:
         publish(run_dir / "final" / log.name, publish_log)

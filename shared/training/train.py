@@ -12,7 +12,8 @@ torchrun, `accelerate launch` or the `deepspeed` launcher alike, whichever train
     train(recipe, model, data, args=args, title=..., publish_log=...)
 
 is `main()`, which every model's train script calls with what is special about that model (its default recipe,
-a trainer subclass, extra log lines).
+a trainer subclass, extra log lines). The Trainer itself is made by shared/training/build.py's `build_trainer()`,
+the one the benchmarks use too.
 
 Run layout:  runs/<model.name>/<run.name>/checkpoint-N/   resumable Trainer checkpoints (marked complete)
                                           final/           model.safetensors + config + generation_config (the
@@ -36,18 +37,19 @@ from typing import Callable
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
 from shared.data import bins
 from shared.config import cli
 from shared.models import registry as models
 from shared.inference.chat import chat_template
-from shared.training.checkpoints import CompleteMarker, find_resume
+from shared.training.build import NoDecayOnEmbeddingsTrainer, build_trainer  # noqa: F401 (train.NoDecay...: the scripts' name)
+from shared.training.checkpoints import find_resume
 from shared.data.sources import Provenance, load_source, pack, render, sample_for_eval, split_train_eval
 from shared.config.errors import UserError
 from shared.inference.generate import generation_config, samples_markdown
-from shared.training.guards import NonFiniteLossGuard, RunFinished, StopIfFinished, disk_full_is_a_user_error
+from shared.training.guards import RunFinished, disk_full_is_a_user_error
 from shared.config.recipe import Recipe, trainer_classes, training_config_class
 from shared.training.runlog import RunLog, publish, run_facts
 from shared.config.runs import final_of
@@ -275,19 +277,8 @@ def train(recipe: Recipe, model: PreTrainedModel, data: Data, *, title: str, arg
         "parameters": models.describe_parameters(model), **data.facts(), **(facts or {}),
         "resumed from": str(resume.relative_to(run_dir)) if resume else "– (fresh start)",
     })
-    kwargs: dict = {}
-    if isinstance(data.train, bins.BinWindows):  # windows carry their own labels (shift_labels: all block_size
-        args.remove_unused_columns = False  # targets of a block_size + 1 window, as nanoGPT trains)
-        kwargs["data_collator"] = bins.stack_windows  # fixed length: stacked, never padded (no pad token needed)
-    elif kind == "lm":
-        kwargs["data_collator"] = DataCollatorForLanguageModeling(data.tokenizer, mlm=False)
-    if kind == "dpo" and not getattr(args, "precompute_ref_log_probs", False):
-        kwargs["ref_model"] = frozen_copy(model)  # the reference: the starting model, frozen
-    trainer = lean_steps(trainer_cls or trainer_class(kind))(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval_during,
-        processing_class=data.tokenizer,
-        callbacks=[NonFiniteLossGuard(), CompleteMarker(), runlog, StopIfFinished(), *(callbacks or [])],  # guard first
-        **kwargs)
+    trainer = build_trainer(kind, model, args, data.train, data.tokenizer, eval_dataset=data.eval_during,
+                            trainer_cls=trainer_cls, runlog=runlog, callbacks=callbacks or [])
     if resume:
         print(f"resume: continuing from {resume}", flush=True)
     with disk_full_is_a_user_error(run_dir):
@@ -348,77 +339,6 @@ def final_metrics(trainer: Trainer, data: Data, kind: str, runlog: RunLog) -> No
     runlog.add_section("Final evaluation", f"On {scope}" + (", answer tokens only" if kind == "sft" else "") + ":\n\n"
                        + "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
                                    for k, v in metrics.items()))
-
-
-class LeanSteps:
-    """Per-step costs of the Trainer that a small model notices (nanoGPT's shakespeare-char CPU run: ~1.5 ms of a
-    ~50 ms step, profiled; bench/results.md, section 3), removed without changing what is computed:
-    - FLOPs are counted every step from `num_parameters(exclude_embeddings=True)`, which walks every module: the
-      FLOPs per input token are taken once and reused (the model doesn't change shape while it trains);
-    - gradient clipping goes through accelerate's DTensor-aware path (a pass over the modules, version checks):
-      a single process without a gradient scaler gets torch's `clip_grad_norm_` directly, the same arithmetic, on
-      the trainable parameters listed once;
-    - accelerate's optimizer step asks `is_lomo_available()` twice per step, each a search of sys.path on disk: the
-      answer is cached (`cache_package_checks`).
-    Mixed in by `lean_steps()` ahead of any trainer class (Trainer, SFTTrainer, DPOTrainer, MoETrainer, ...)."""
-
-    _flops_per_token: float | None = None
-    _clip_params: list | None = None
-
-    def floating_point_ops(self, inputs: dict) -> float:
-        ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
-        if not isinstance(ids, torch.Tensor) or not ids.numel():
-            return super().floating_point_ops(inputs)
-        if self._flops_per_token is None:
-            self._flops_per_token = super().floating_point_ops(inputs) / ids.numel()
-        return self._flops_per_token * ids.numel()
-
-    def _clip_grad_norm(self, model):
-        acc = self.accelerator
-        if acc.distributed_type != "NO" or acc.scaler is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._clip_grad_norm(model)
-        if self._clip_params is None:
-            self._clip_params = [p for p in model.parameters() if p.requires_grad]
-        return torch.nn.utils.clip_grad_norm_(self._clip_params, self.args.max_grad_norm)  # skips grad-less ones
-
-
-def cache_package_checks() -> None:
-    """accelerate looks for the `lomo_optim` package on disk at every optimizer step (`is_lomo_available`, in
-    accelerate.optimizer and accelerate.accelerator): the installed packages don't change while a run trains."""
-    import functools
-
-    import accelerate.accelerator
-    import accelerate.optimizer
-
-    for module in (accelerate.optimizer, accelerate.accelerator):
-        check = getattr(module, "is_lomo_available", None)
-        if check is not None and not hasattr(check, "cache_info"):
-            module.is_lomo_available = functools.cache(check)
-
-
-def lean_steps(cls: type) -> type:
-    """`cls` with LeanSteps mixed in first (same name, so logs and errors read as before)."""
-    cache_package_checks()
-    if issubclass(cls, LeanSteps):
-        return cls
-    return type(cls.__name__, (LeanSteps, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__})
-
-
-class NoDecayOnEmbeddingsTrainer(Trainer):
-    """nanoGPT's AdamW groups: weight decay on the Linear weights only; none on norms, biases (the Trainer's own
-    rule) and embedding tables (wte, wpe; the tied lm_head is wte)."""
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-        decay = set(super().get_decay_parameter_names(model))
-        return [n for n, p in model.named_parameters() if n in decay and id(p) not in embeddings]
-
-
-def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
 
 
 RUN_RECIPE = "recipe.yaml"  # the recipe the run's checkpoints were trained with
