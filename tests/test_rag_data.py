@@ -76,6 +76,48 @@ def test_quoting_decodes_only_spans_of_the_chunks_and_refuses_only_when_the_mode
         assert (token == first) == refused
 
 
+def test_a_quote_stops_at_the_end_of_its_sentence(tmp_path):
+    """Once the quote reaches 。！？ only EOS may follow: an answer is one sentence, never the next one too, even
+    when the model wants to read on."""
+    from shared.generate import QuoteFromSources, token_bytes
+    from shared.tokenizer import train_bpe
+
+    chunks = ["长虹桥1958年通车。桥两侧立有铸铁灯柱，每隔二十米一盏！后来改成了路灯。"]
+    tok = train_bpe(iter([chunks + [retrieval.INSTRUCTION]]), vocab_size=300, min_frequency=1, folder=tmp_path / "t")
+    table = token_bytes(tok)
+    for start in ("长虹桥", "桥两侧"):
+        quote = QuoteFromSources(tok, chunks, retrieval.NO_ANSWER + "。", 0.5, table)
+        ids = torch.tensor([tok("问题：？", add_special_tokens=False).input_ids + tok(start, add_special_tokens=False).input_ids])
+        quote.start = ids.shape[1] - len(tok(start, add_special_tokens=False).input_ids)
+        for _ in range(60):  # a model that never wants to stop: EOS gets the lowest score
+            scores = torch.zeros(1, len(tok))
+            scores[0, tok.eos_token_id] = -1e4
+            token = int(quote(ids, scores).argmax())
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+            if token == tok.eos_token_id:
+                break
+        text = tok.decode(ids[0, quote.start:], skip_special_tokens=True)
+        assert text == {"长虹桥": "长虹桥1958年通车。", "桥两侧": "桥两侧立有铸铁灯柱，每隔二十米一盏！"}[start], text
+        assert int(ids[0, -1]) == tok.eos_token_id
+
+
+def test_an_answer_cut_inside_a_character_ends_in_an_ellipsis():
+    """max_new_tokens can stop byte-level BPE inside a character: the answer drops the broken byte (U+FFFD) and
+    says it was cut, instead of printing a replacement character."""
+    from langchain_core.documents import Document
+
+    class LLM:
+        def invoke(self, prompt, **kw):
+            return "桥两侧人行道上立有铸铁灯\ufffd"
+
+    class Retriever:
+        def invoke(self, question):
+            return [Document(page_content="桥两侧人行道上立有铸铁灯柱。", metadata={"doc_id": "d"})]
+
+    text, docs = retrieval.answer("灯？", Retriever(), LLM(), "{instruction}", k=1)
+    assert text == "桥两侧人行道上立有铸铁灯…" and len(docs) == 1
+
+
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory):
     """rag_data.py on a 5-document knowledge base with a tiny model's tokenizer; qa.jsonl's train split smuggles

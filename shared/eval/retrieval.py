@@ -553,7 +553,10 @@ def answer(question: str, retriever, llm, template: str, instruction: str = INST
     prompt, docs = fit_prompt(question, retrieve(retriever, question, k), template, instruction, tokenizer,
                               max_prompt_tokens)
     extra = generate_kwargs(docs) if generate_kwargs else {}
-    return llm.invoke(prompt, **({"pipeline_kwargs": extra} if extra else {})).strip(), docs
+    text = llm.invoke(prompt, **({"pipeline_kwargs": extra} if extra else {})).strip()
+    if text.endswith("\ufffd"):  # max_new_tokens stopped inside a character (byte-level BPE): say it was cut
+        text = text.rstrip("\ufffd") + "…"
+    return text, docs
 
 
 def source_lines(docs: list[Document]) -> list[str]:
