@@ -154,14 +154,14 @@ test-fast: $(STAMP) ## the tests without the end-to-end training runs
 ##@ Phi-3 (train_phi3/)
 
 train-phi3: $(STAMP) ## Phi-3 tiny poetry model (recipes/phi3/pretrain.yaml)
-## -> runs/phi3/poetry/, train_phi3/train_log.md
-	$(call stage,train_phi3/train.py,recipes/phi3/pretrain.yaml,train_phi3/train_log.md)
+## -> runs/phi3/poetry/, train_phi3/logs/train_log.md
+	$(call stage,train_phi3/train.py,recipes/phi3/pretrain.yaml,train_phi3/logs/train_log.md)
 
 ##@ Mixtral (train_mixtral/)
 
 train-mixtral: $(STAMP) ## Mixtral MoE poetry (tiny config)
 ## RECIPE=recipes/mixtral/finetune-8x7b-zero3.yaml NPROC=8 for 8x7B
-	$(call stage,train_mixtral/train.py,recipes/mixtral/pretrain.yaml,train_mixtral/train_log.md)
+	$(call stage,train_mixtral/train.py,recipes/mixtral/pretrain.yaml,train_mixtral/logs/train_log.md)
 
 NO_ESTIMATE  = error: no estimate for MODEL=$(MODEL); pass RECIPE=<recipe.yaml>
 estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no download
@@ -172,7 +172,7 @@ estimate: $(STAMP) ## per-GPU memory for ZeRO-2/3/offload on 1-16 GPUs, no downl
 ##@ Phi-2 Chinese (train_phi2/)   PHI2_SIZE=gpu: the GPU-sized chain (recipes/phi2-gpu/, runs/phi2-gpu/, *-gpu_log.md)
 
 P2      := $(if $(filter gpu,$(PHI2_SIZE)),phi2-gpu,phi2)
-P2LOG    = train_phi2/$(1)$(if $(filter gpu,$(PHI2_SIZE)),-gpu)_log.md
+P2LOG    = train_phi2/logs/$(1)$(if $(filter gpu,$(PHI2_SIZE)),-gpu)_log.md
 
 # Phi-2's stages (see "Stages" at the top). A missing pretrain or SFT is built from the bundled data even when the
 # Hub is reachable (quick; `make train-phi2` / `make phi2-sft` for the full recipe).
@@ -242,21 +242,21 @@ rag: $(STAMP) | $(call done,$(P2)/rag-sft) ## RAG demo: FAISS + BM25 over the è‹
 	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/$(P2)/rag.yaml) $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES)
 
 rag-eval: $(STAMP) | $(call done,$(P2)/sft $(P2)/rag-sft) ## retrieval recall@k + answers' key recall and
-## Rouge-L, SFT vs RAG-SFT -> train_phi2/rag_log.md
+## Rouge-L, SFT vs RAG-SFT -> train_phi2/logs/rag_log.md
 	$(PY) train_phi2/rag.py $(or $(RECIPE),recipes/$(P2)/rag.yaml) $(if $(DOCS),stage.docs=$(DOCS)) $(OVERRIDES) \
 	  --eval $(call publish,$(call P2LOG,rag))
 
 bench-tokenizer: $(STAMP) ## tokenizer training time + peak RSS, both kinds, on SIZE= generated Chinese
 ## characters (100M, 1B)
-	$(PY) -m bench.tokenizer --chars $(or $(SIZE),100M) --publish train_phi2/tokenizer_bench.md $(ARGS)
+	$(PY) -m bench.tokenizer --chars $(or $(SIZE),100M) --publish train_phi2/logs/tokenizer_bench.md $(ARGS)
 
 ##@ nanoGPT (train_nanogpt/)
 
 # nanoGPT's stages (see "Stages" at the top)
 NANOGPT_DATA := train_nanogpt/create_first_training_data.py
 SHAKESPEARE  := $(if $(DATA),data.path=$(DATA))
-SHAKESPEARE_LOG     := train_nanogpt/shakespeare-char_log.md
-SHAKESPEARE_CPU_LOG := train_nanogpt/shakespeare-char-cpu_log.md
+SHAKESPEARE_LOG     := train_nanogpt/logs/shakespeare-char_log.md
+SHAKESPEARE_CPU_LOG := train_nanogpt/logs/shakespeare-char-cpu_log.md
 STAGES                              += $(addprefix nanogpt/,data finetune-data pretrain finetune)
 STAGES                              += $(addprefix nanogpt/,shakespeare-char-data shakespeare-char)
 STAGES                              += nanogpt/shakespeare-char-cpu
@@ -284,24 +284,24 @@ nanogpt/shakespeare-char-cpu.build  := train_nanogpt/train.py recipes/nanogpt/pr
 
 nanogpt-data: $(STAMP) ## instruction + chat sets -> chat format -> train.bin/val.bin (runs/nanogpt/data)
 	$(PY) $(NANOGPT_DATA) $(or $(RECIPE),recipes/nanogpt/data.yaml) $(OVERRIDES) \
-	  $(call publish,train_nanogpt/data_log.md)
+	  $(call publish,train_nanogpt/logs/data_log.md)
 
 nanogpt-finetune-data: $(STAMP) | $(call needs,nanogpt/finetune-data) ## conversations -> bins
 ## with the pretraining tokenizer
 	$(PY) $(NANOGPT_DATA) $(or $(RECIPE),recipes/nanogpt/finetune-data.yaml) \
-	  $(OVERRIDES) $(call publish,train_nanogpt/finetune-data_log.md)
+	  $(OVERRIDES) $(call publish,train_nanogpt/logs/finetune-data_log.md)
 
 train-nanogpt: $(STAMP) | $(call needs,nanogpt/pretrain) ## pretrain our GPT on the bins
 ## (CPU-sized; the 124M config in the recipe)
-	$(call stage,train_nanogpt/train.py,recipes/nanogpt/pretrain.yaml,train_nanogpt/train_log.md)
+	$(call stage,train_nanogpt/train.py,recipes/nanogpt/pretrain.yaml,train_nanogpt/logs/train_log.md)
 
 finetune-nanogpt: $(STAMP) | $(call needs,nanogpt/finetune) ## finetune the pretrained GPT on conversations
-	$(call stage,train_nanogpt/train.py,recipes/nanogpt/finetune.yaml,train_nanogpt/finetune_log.md)
+	$(call stage,train_nanogpt/train.py,recipes/nanogpt/finetune.yaml,train_nanogpt/logs/finetune_log.md)
 
 nanogpt-shakespeare-data: $(STAMP) ## nanoGPT's shakespeare_char: a text file -> char-level bins
 ## (DATA=input.txt; none: bundled English)
 	$(PY) $(NANOGPT_DATA) $(or $(RECIPE),recipes/nanogpt/data-shakespeare-char.yaml) \
-	  $(SHAKESPEARE) $(OVERRIDES) $(call publish,train_nanogpt/shakespeare-char-data_log.md)
+	  $(SHAKESPEARE) $(OVERRIDES) $(call publish,train_nanogpt/logs/shakespeare-char-data_log.md)
 
 train-nanogpt-shakespeare: $(STAMP) | $(call needs,nanogpt/shakespeare-char) ## nanoGPT's shakespeare-char
 ## model, its GPU settings (6 x 6 x 384, block 256)
@@ -344,27 +344,28 @@ minigl/eval.build            := minigl/evaluations.py recipes/minigl/eval.yaml
 
 minigl-data: $(STAMP) ## news/encyclopedia, Zhihu, novella -> cleaned JSONL -> 90/10 token bins + QA
 ## train/eval files
-	$(PY) minigl/prepare_jynews.py recipes/minigl/jynews.yaml $(OVERRIDES) $(call publish,minigl/jynews_log.md)
-	$(PY) minigl/prepare_zhihudata.py recipes/minigl/zhihu.yaml $(OVERRIDES) $(call publish,minigl/zhihu_log.md)
-	$(PY) minigl/prepare.py recipes/minigl/data.yaml $(OVERRIDES) $(call publish,minigl/data_log.md)
+	$(PY) minigl/prepare_jynews.py recipes/minigl/jynews.yaml $(OVERRIDES) $(call publish,minigl/logs/jynews_log.md)
+	$(PY) minigl/prepare_zhihudata.py recipes/minigl/zhihu.yaml $(OVERRIDES) $(call publish,minigl/logs/zhihu_log.md)
+	$(PY) minigl/prepare.py recipes/minigl/data.yaml $(OVERRIDES) $(call publish,minigl/logs/data_log.md)
 
 train-minigl: $(STAMP) | $(call needs,minigl/pretrain) ## pretrain our GPT on the bins
 ## (CPU-sized; the document-scale config in the recipe)
-	$(call stage,minigl/train.py,recipes/minigl/pretrain.yaml,minigl/pretrain_log.md)
+	$(call stage,minigl/train.py,recipes/minigl/pretrain.yaml,minigl/logs/pretrain_log.md)
 
 finetune-minigl: $(STAMP) | $(call needs,minigl/finetune) ## QA finetune ("Question: ... Answer:"),
 ## loss on the answer only
-	$(call stage,minigl/train.py,recipes/minigl/finetune.yaml,minigl/finetune_log.md)
+	$(call stage,minigl/train.py,recipes/minigl/finetune.yaml,minigl/logs/finetune_log.md)
 
 train-minigl-lstm: $(STAMP) | $(call needs,minigl/lstm) ## the LSTM baseline: pretrain on the same
 ## bins, then the same QA finetune
-	$(call stage,minigl/lstm_model.py,recipes/minigl/lstm.yaml,minigl/lstm_log.md)
+	$(call stage,minigl/lstm_model.py,recipes/minigl/lstm.yaml,minigl/logs/lstm_log.md)
 	$(LAUNCH) minigl/lstm_model.py recipes/minigl/lstm-finetune.yaml $(OVERRIDES) \
-	  $(call publish,minigl/lstm-finetune_log.md)
+	  $(call publish,minigl/logs/lstm-finetune_log.md)
 
 eval-minigl: $(STAMP) | $(call needs,minigl/eval) ## transformer vs LSTM: perplexity, Rouge-L, key
-## recall, plots -> minigl/train_log.md
-	$(PY) minigl/evaluations.py $(or $(RECIPE),recipes/minigl/eval.yaml) $(OVERRIDES) $(call publish,minigl/train_log.md)
+## recall, plots -> minigl/logs/train_log.md
+	$(PY) minigl/evaluations.py $(or $(RECIPE),recipes/minigl/eval.yaml) $(OVERRIDES) \
+	  $(call publish,minigl/logs/train_log.md)
 
 gradio-minigl: $(STAMP) ## web page for a trained MiniGLM run [RUN=finetune] [PORT=7860]
 	$(PY) minigl/sample_gradio.py $(if $(PORT),--port $(PORT)) $(ARGS)

@@ -673,7 +673,7 @@ def bench_moe(quick: bool) -> dict:
     md += ["", f"Fastest at the recipe's batch (12 x 128): **{fastest['experts_implementation']}**."]
     # the router-health flag on the reference log's table
     from shared.models.moe import router_health
-    md += ["", "Router-health flag (shared/models/moe.py `router_health`) on train_mixtral/train_log.md's expert-load table "
+    md += ["", "Router-health flag (shared/models/moe.py `router_health`) on train_mixtral/logs/train_log.md's expert-load table "
            "(shares as printed, rounded to 0.1%, so max/min differs from the log's count-based figure):", "",
            "| layer | top-2 share | max/min | flag |", "|---|---|---|---|"]
     for layer, shares in enumerate(REFERENCE_EXPERT_SHARES):
@@ -755,7 +755,7 @@ def bench_router(quick: bool, steps: int | None = None) -> dict:
     return {"rows": rows, "best": best["setting"] if best else None, "markdown": "\n".join(md)}
 
 
-# train_mixtral/train_log.md, "Expert load after training": share of routed tokens per expert, per layer
+# train_mixtral/logs/train_log.md, "Expert load after training": share of routed tokens per expert, per layer
 REFERENCE_EXPERT_SHARES = [
     [19.6, 7.8, 2.8, 2.9, 26.5, 28.1, 4.0, 8.2],
     [0.1, 2.4, 42.7, 44.9, 2.9, 4.8, 1.6, 0.6],
@@ -802,7 +802,7 @@ def bench_bins(quick: bool, chars: int | None = None) -> dict:
           "| workers (num_proc) | seconds | tokens | tokens/s | x 1 worker | load |", "|---|---|---|---|---|---|"]
     md += [f"| {r['workers']} | {r['seconds']:.1f} | {r['tokens']:,} | {r['tokens/s']:,} | {r['x 1 worker']:.2f} "
            f"| {r['load'][0]} |" for r in rows]
-    table = ROOT / "train_phi2" / "tokenizer_bench.md"
+    table = ROOT / "train_phi2" / "logs" / "tokenizer_bench.md"
     if table.is_file():
         md += ["", f"Tokenizer training at scale (`make bench-tokenizer SIZE=100M|1B`, its own process per run; "
                f"from `{table.relative_to(ROOT)}`, measured when that file says):", ""]

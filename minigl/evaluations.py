@@ -1,7 +1,7 @@
-"""MiniGLM evaluation: the transformer and the LSTM side by side -> minigl/train_log.md (the MiniGLM main log),
+"""MiniGLM evaluation: the transformer and the LSTM side by side -> minigl/logs/train_log.md (the MiniGLM main log),
 metrics.json, answers_<model>.jsonl, losses.png, finetune_losses.png, metrics.png (runs/minigl/eval/final/).
 
-    make eval-minigl     # = python minigl/evaluations.py recipes/minigl/eval.yaml --publish-log minigl/train_log.md
+    make eval-minigl     # = python minigl/evaluations.py recipes/minigl/eval.yaml --publish-log minigl/logs/train_log.md
 
 For each model (stage.models: its pretrained and its QA-finetuned run):
 - perplexity of the pretrained model on held-out text: every token of val.bin, in fixed windows tiled over it

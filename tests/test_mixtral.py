@@ -228,7 +228,7 @@ def test_estimate_prints_zero_memory_for_8x7b_and_lora_offline():
 
 def test_launcher_commands():
     dry = lambda *a: subprocess.run(["make", "-n", "train-mixtral", *a], cwd=REPO, capture_output=True, text=True).stdout
-    assert "--publish-log train_mixtral/train_log.md" in dry()
+    assert "--publish-log train_mixtral/logs/train_log.md" in dry()
     assert "deepspeed --no_local_rank --num_nodes 1" in dry("LAUNCHER=deepspeed", "NPROC=8")
     multi = dry("LAUNCHER=accelerate", "NPROC=8", "NNODES=2", "NODE_RANK=1", "MASTER_ADDR=10.0.0.1",
                 "ACCELERATE_CONFIG=recipes/accelerate/multinode.yaml")

@@ -15,7 +15,7 @@ from shared.config.recipe import load_recipe
 from bench.textgen import bundled_chinese_texts
 from train_phi2.tokenizer import main as tokenizer_main
 
-REFERENCE = REPO / "train_phi2" / "tokenizer_log.md"
+REFERENCE = REPO / "train_phi2" / "logs" / "tokenizer_log.md"
 
 
 def tracked_changes() -> str:
@@ -50,12 +50,12 @@ def test_an_overridden_run_leaves_every_tracked_file_unchanged(tmp_path, capsys)
         code, out, err = run_script(tokenizer_main, [
             "recipes/phi2/tokenizer.yaml", "run.name=badtok", f"run.output_root={tmp_path / 'runs'}",
             f"stage.input={corpus(tmp_path)}", "stage.vocab_size=600", "stage.min_frequency=2",
-            "--publish-log", "train_phi2/tokenizer_log.md"], capsys)
+            "--publish-log", "train_phi2/logs/tokenizer_log.md"], capsys)
         assert code == 0, err
         assert REFERENCE.read_bytes() == reference and tracked_changes() == before
         assert "reference log published" not in out
         final = tmp_path / "runs" / "phi2" / "badtok" / "final"
-        assert "not publishing train_phi2/tokenizer_log.md" in out and f"stays in {final}/" in out
+        assert "not publishing train_phi2/logs/tokenizer_log.md" in out and f"stays in {final}/" in out
         assert (final / "stage_log.md").is_file()
     finally:  # never leave the checkout changed, whatever happened
         REFERENCE.write_bytes(reference)
@@ -63,9 +63,9 @@ def test_an_overridden_run_leaves_every_tracked_file_unchanged(tmp_path, capsys)
 
 def test_only_a_run_without_overrides_publishes_unless_asked(capsys):
     recipe = "recipes/phi3/pretrain.yaml"
-    _, opts = cli.parse([recipe, "--publish-log", "train_phi3/train_log.md"], recipe, "t")
-    assert opts.publish_log == "train_phi3/train_log.md"  # the reference run: its recipe, nothing overridden
-    _, opts = cli.parse([recipe, "run.name=try", "--publish-log", "train_phi3/train_log.md"], recipe, "t")
+    _, opts = cli.parse([recipe, "--publish-log", "train_phi3/logs/train_log.md"], recipe, "t")
+    assert opts.publish_log == "train_phi3/logs/train_log.md"  # the reference run: its recipe, nothing overridden
+    _, opts = cli.parse([recipe, "run.name=try", "--publish-log", "train_phi3/logs/train_log.md"], recipe, "t")
     assert opts.publish_log is None
     assert "its log stays in runs/phi3/try/final/" in capsys.readouterr().out
     _, opts = cli.parse([recipe, "run.name=try", "--publish-log", "x_log.md", "--publish-anyway"], recipe, "t")
@@ -76,7 +76,7 @@ def test_make_publish_yes_asks_for_it_and_other_values_are_refused():
     def dry(*variables):
         return subprocess.run(["make", "-n", "phi2-tokenizer", *variables], cwd=REPO, capture_output=True, text=True)
 
-    assert "--publish-log train_phi2/tokenizer_log.md --publish-anyway" in dry("RUN=x", "PUBLISH=yes").stdout
+    assert "--publish-log train_phi2/logs/tokenizer_log.md --publish-anyway" in dry("RUN=x", "PUBLISH=yes").stdout
     assert "--publish-anyway" not in dry("RUN=x").stdout
     proc = dry("PUBLISH=1")
     assert proc.returncode != 0 and "PUBLISH must be auto, yes or no, got '1'" in proc.stderr

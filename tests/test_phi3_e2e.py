@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    published = REPO / "train_phi3" / "train_log.md"
+    published = REPO / "train_phi3" / "logs" / "train_log.md"
     before = published.read_bytes() if published.exists() else None
     proc = run(["train_phi3/train.py", *TINY_PHI3, "training.max_steps=30", "run.name=e2e", f"run.output_root={root}"])
     assert (published.read_bytes() if published.exists() else None) == before, "a plain run must not publish its log"
@@ -124,6 +124,6 @@ def test_make_passes_variables_to_the_recipe():
     out = subprocess.run(["make", "-n", "train-phi3", "EPOCHS=1", "LR=5e-4", "RUN=try", 'ARGS=warmup_steps=3'],
                          cwd=REPO, capture_output=True, text=True).stdout
     assert "training.num_train_epochs=1 training.learning_rate=5e-4 run.name=try warmup_steps=3" in out
-    assert "--publish-log train_phi3/train_log.md" in out
+    assert "--publish-log train_phi3/logs/train_log.md" in out
     out = subprocess.run(["make", "-n", "train-phi3", "PUBLISH=no"], cwd=REPO, capture_output=True, text=True).stdout
     assert "--publish-log" not in out

@@ -79,8 +79,8 @@ def test_quoting_decodes_only_spans_of_the_chunks_and_refuses_only_when_the_mode
 def test_a_quote_stops_at_the_end_of_its_sentence(tmp_path):
     """Once the quote reaches 。！？ only EOS may follow: an answer is one sentence, never the next one too, even
     when the model wants to read on."""
-    from shared.generate import QuoteFromSources, token_bytes
-    from shared.tokenizer import train_bpe
+    from shared.inference.generate import QuoteFromSources, token_bytes
+    from shared.data.tokenizer import train_bpe
 
     chunks = ["长虹桥1958年通车。桥两侧立有铸铁灯柱，每隔二十米一盏！后来改成了路灯。"]
     tok = train_bpe(iter([chunks + [retrieval.INSTRUCTION]]), vocab_size=300, min_frequency=1, folder=tmp_path / "t")

@@ -1,7 +1,7 @@
 """Phi-2 RAG: answer questions about the 苇川 knowledge base from retrieved background.
 
     make rag [QUESTION="苇川大学的校训是什么？"] [DOCS=my/folder]     # = python train_phi2/rag.py recipes/phi2/rag.yaml
-    make rag-eval                              # retrieval recall@k + answer-level scores -> train_phi2/rag_log.md
+    make rag-eval                              # retrieval recall@k + answer-level scores -> train_phi2/logs/rag_log.md
     python train_phi2/rag.py recipes/phi2/rag.yaml stage.retriever=dense --question "..."
     python train_phi2/rag.py < questions.txt   # one question a line; without QUESTION and a terminal: an error
 

@@ -52,7 +52,7 @@ def router_health(counts: torch.Tensor, top_k: int = 2) -> dict:
     k/E + 2/3 * (1 - k/E) of the choices (75% for top-2 of 8: the other six then get under a third of their even
     share between them, so the layer computes like a k-expert MLP), or when max/min > 100 (the least-used expert sees
     under 1% of the busiest's tokens: its weights barely train). "skewed" when the top_k take more than twice their
-    even share (50% for top-2 of 8) or max/min > 10. On the reference log (train_mixtral/train_log.md) layers 1
+    even share (50% for top-2 of 8) or max/min > 10. On the reference log (train_mixtral/logs/train_log.md) layers 1
     (top-2 87.6%) and 3 (max/min ~870) are collapsed, 0 and 2 skewed; the old rule (an expert at 0% or one over 50%)
     flagged none of them."""
     row = counts.double()
