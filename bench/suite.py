@@ -794,7 +794,7 @@ def bench_bins(quick: bool, chars: int | None = None) -> dict:
     for r in rows:
         r["x 1 worker"] = round(rows[0]["seconds"] / r["seconds"], 2)
     same = len({r["sha256"] for r in rows}) == 1
-    md = [f"`shared/bins.write_bins` (the writer behind every `*-data` stage: documents tokenised in chunks by a "
+    md = [f"`shared/data/bins.write_bins` (the writer behind every `*-data` stage: documents tokenised in chunks by a "
           f"process pool, appended in document order) on {chars:,} characters of generated Chinese text "
           f"({len(docs):,} documents, `bench/textgen.py`, made in {made:.0f} s) with the bench's BPE tokenizer "
           f"(vocab {len(tok)}). The bins are {'byte-identical' if same else 'NOT identical'} for every worker count "

@@ -39,8 +39,26 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 
+class ValidatedConfig:
+    """Our configs check their own architecture (`validate_architecture`) when constructed: a plain ValueError that
+    names the field, before anything is built (the Hub's strict validators would only run at save time)."""
+
+    positive_fields: tuple[str, ...] = ()  # a class attribute (not a config field): what must be at least 1
+
+    def __post_init__(self, **kwargs):
+        self.validate_architecture()
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {self.dropout}")
+        for name in self.positive_fields:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be positive, got {getattr(self, name)}")
+
+
 @strict
-class GPTConfig(PreTrainedConfig):
+class GPTConfig(ValidatedConfig, PreTrainedConfig):
     """nanoGPT's GPTConfig as a transformers config; the generic names (hidden_size, ...) map onto nanoGPT's."""
 
     model_type = "slm_gpt"
@@ -66,18 +84,12 @@ class GPTConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
 
-    def __post_init__(self, **kwargs):
-        self.validate_architecture()  # a plain ValueError at construction time, before anything is built
-        super().__post_init__(**kwargs)
+    positive_fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
 
     def validate_architecture(self):
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        super().validate_architecture()
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GPTConfig: {name} must be positive, got {getattr(self, name)}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -250,6 +262,11 @@ class TiedHeadGenerationMixin(GenerationMixin):  # the name ends in GenerationMi
     """What our causal LMs share around their base model (`getattr(self, base_model_prefix)`, whose `wte` is the
     token embedding): a tied `lm_head`, the embedding accessors transformers and TRL use, and logits + the loss."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" not in cls.__dict__:  # the model class lists its PreTrainedModel first, whose nn.Module forward
+            cls.forward = TiedHeadGenerationMixin.forward  # (a placeholder) would win in the method order otherwise
+
     def attach(self, base: nn.Module) -> None:
         """In __init__: the base model under `base_model_prefix`, the head over its width, tied by post_init."""
         setattr(self, self.base_model_prefix, base)
@@ -292,8 +309,6 @@ class GPTForCausalLM(GPTPreTrainedModel, TiedHeadGenerationMixin):
     def __init__(self, config: GPTConfig):
         super().__init__(config)
         self.attach(GPTModel(config))
-
-    forward = TiedHeadGenerationMixin.forward  # nn.Module's placeholder would win in the method order otherwise
 
 
 def register(config_class, model_class) -> None:

@@ -30,11 +30,11 @@ from transformers import DynamicCache, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from shared.models.gpt import TiedHeadGenerationMixin, register
+from shared.models.gpt import TiedHeadGenerationMixin, ValidatedConfig, register
 
 
 @strict
-class LSTMConfig(PreTrainedConfig):
+class LSTMConfig(ValidatedConfig, PreTrainedConfig):
     model_type = "slm_lstm"
     attribute_map = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "max_position_embeddings": "block_size"}
 
@@ -50,16 +50,7 @@ class LSTMConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
 
-    def __post_init__(self, **kwargs):
-        self.validate_architecture()
-        super().__post_init__(**kwargs)
-
-    def validate_architecture(self):
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LSTMConfig: dropout must be in [0, 1), got {self.dropout}")
-        for name in ("vocab_size", "n_embd", "n_layer", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LSTMConfig: {name} must be positive, got {getattr(self, name)}")
+    positive_fields = ("vocab_size", "n_embd", "n_layer", "block_size")
 
     @property
     def layer_types(self) -> list[str]:
@@ -182,8 +173,6 @@ class LSTMForCausalLM(LSTMPreTrainedModel, TiedHeadGenerationMixin):
     def __init__(self, config: LSTMConfig):
         super().__init__(config)
         self.attach(LSTMModel(config))
-
-    forward = TiedHeadGenerationMixin.forward  # nn.Module's placeholder would win in the method order otherwise
 
 
 register(LSTMConfig, LSTMForCausalLM)  # importing this module is what makes "slm_lstm" checkpoints loadable
