@@ -86,3 +86,23 @@ def test_image_build_stops_on_a_torch_that_is_not_cuda_12():
 def test_image_keeps_runs_in_a_volume_and_readme_shows_it():
     assert re.search(r'^VOLUME \["/home/slm/slm/runs"\]', (REPO / "Dockerfile").read_text(), re.M)
     assert "-v slm-runs:/home/slm/slm/runs slm make rag" in (REPO / "README.md").read_text()
+
+
+def test_published_samples_do_not_loop_on_one_character():
+    """A reference log's samples are what a new user reads first: none may be one character repeated (the rule
+    make rag-eval counts as degenerate), so every sampling preset needs its repetition guard."""
+    from train_phi2.rag import DEGENERATE
+
+    logs = sorted(REPO.glob("*/logs/*_log.md"))
+    assert len(logs) >= 20
+    looping = []
+    for log in logs:
+        text = log.read_text(encoding="utf-8")
+        start = text.find("\n## Samples")
+        if start < 0:
+            continue
+        end = text.find("\n## ", start + 1)
+        found = DEGENERATE.search(text[start:end if end > 0 else None])
+        if found:
+            looping.append(f"{log.relative_to(REPO)}: {found.group(0)}")
+    assert not looping, looping
