@@ -13,8 +13,6 @@ import torch
 
 from shared import REPO_ROOT
 
-ROOT = REPO_ROOT  # bench/suite.py's name for it, until it imports shared.REPO_ROOT itself
-
 
 def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]

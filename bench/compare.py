@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
+from shared import REPO_ROOT
 from shared.config.catalog import MODELS
 from shared.config.errors import UserError, run_main
 
-ROOT = Path(__file__).resolve().parent.parent
 # architecture -> the training script its make target runs, in its model's folder; the recipe is
 # recipes/compare/<architecture>.yaml
 ARCHS = {name: f"{MODELS[model].folder}/{script}" for name, model, script in [
@@ -97,7 +97,7 @@ def train_one(name: str, script: str, recipe_path: Path, steps: int, overrides: 
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
@@ -128,15 +128,6 @@ def matmul_parameters(config) -> dict:
     return {"total": total, "embeddings": embeddings, "matmul_per_token": active}
 
 
-def flops_per_token(config, params: dict, context: int) -> float:
-    attention = 0
-    if getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None):
-        layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-        width = getattr(config, "hidden_size", None) or config.n_embd
-        attention = 12 * layers * width * context
-    return 6 * params["matmul_per_token"] + attention
-
-
 def read_run(final: Path) -> dict:
     """From a finished run's final/: the validation curve (evaluations during training, on the recipe's fixed
     subset), the final evaluation on all of val.bin, training time without the evaluations, train_summary.json."""
@@ -158,8 +149,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every model's recipe")
     parser.add_argument("--budget", default="300k", help="training tokens per model (default 300k; k/M/G suffixes)")
     parser.add_argument("--only", default=",".join(ARCHS), help=f"comma-separated subset of {', '.join(ARCHS)}")
-    parser.add_argument("--recipes", default=str(ROOT / "recipes" / "compare"), help="folder of <name>.yaml recipes")
-    parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for compare.md / .json / .png")
+    parser.add_argument("--recipes", default=str(REPO_ROOT / "recipes" / "compare"), help="folder of <name>.yaml recipes")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench"), help="folder for compare.md / .json / .png")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in ARCHS]
@@ -175,7 +166,7 @@ def main(argv: list[str]) -> None:
 
     from transformers import AutoConfig
 
-    from shared.models import registry as models  # noqa: F401  (registers our GPT and LSTM with the Auto classes)
+    from shared.models.registry import flops_per_token  # (the import registers our GPT and LSTM with the Auto classes)
     from bench.common import environment, load_avg
 
     env = environment(argv, "bench.compare")
@@ -189,7 +180,7 @@ def main(argv: list[str]) -> None:
         run = read_run(final)
         config = AutoConfig.from_pretrained(final)
         params = matmul_parameters(config)
-        per_token = flops_per_token(config, params, recipe.data.block_size)
+        per_token = flops_per_token(config, params["matmul_per_token"], recipe.data.block_size)
         tokens = run["summary"]["steps"] * per_step
         rows.append({"model": name, "type": config.model_type, "parameters": params, "tokens": tokens,
                      "flops_per_token": per_token, "train_flops": per_token * tokens,
@@ -200,8 +191,8 @@ def main(argv: list[str]) -> None:
                      "tokens_per_s": tokens / run["train_s"] if run["train_s"] else None,
                      "peak_memory_bytes": run["summary"].get("peak_memory_bytes") or child["peak_rss_bytes"],
                      "peak_memory_of": run["summary"].get("peak_memory_of") or "process peak RSS",
-                     "wall_s": child["wall_s"], "load at start": load, "run": str(final.relative_to(ROOT))
-                     if final.is_relative_to(ROOT) else str(final)})
+                     "wall_s": child["wall_s"], "load at start": load, "run": str(final.relative_to(REPO_ROOT))
+                     if final.is_relative_to(REPO_ROOT) else str(final)})
         r = rows[-1]
         print(f"{name}: val loss {fmt(r['val_loss'], '.4f')}, {fmt(r['tokens_per_s'], ',.0f')} tokens/s, "
               f"peak {r['peak_memory_bytes'] / 2**30:.2f} GiB", flush=True)

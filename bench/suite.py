@@ -31,7 +31,8 @@ from typing import Callable
 
 import torch
 
-from bench.common import ROOT, environment, interleaved, load_avg, median_ratio
+from shared import REPO_ROOT
+from bench.common import environment, interleaved, load_avg, median_ratio
 from shared.config.errors import run_main
 
 SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "router", "bins", "serving", "scale",
@@ -45,7 +46,7 @@ SECTIONS = ("packing", "engine", "shakespeare", "generation", "moe", "router", "
 def poem_texts() -> list[str]:
     from shared.data.sources import read_jsonl
 
-    return [f"{r['title']}\n{r['content']}".strip() for r in read_jsonl(ROOT / "data/poems/poems.jsonl")]
+    return [f"{r['title']}\n{r['content']}".strip() for r in read_jsonl(REPO_ROOT / "data/poems/poems.jsonl")]
 
 
 _TOKENIZER = None
@@ -487,7 +488,7 @@ def bench_shakespeare(quick: bool, out_dir: Path) -> dict:
     try:
         data_cmd = [sys.executable, "train_nanogpt/create_first_training_data.py", SHAKESPEARE_DATA,
                     f"run.output_root={tmp}", *([f"data.path={text}"] if text else [])]
-        subprocess.run(data_cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+        subprocess.run(data_cmd, cwd=REPO_ROOT, check=True, capture_output=True, text=True)
         meta = json.loads((tmp / "nanogpt" / "shakespeare-char-data" / "final" / "meta.json").read_text())
         runs = [shakespeare_run(tmp, f"bench-{r}", iters, chunk, every) for r in range(reps)]
     finally:
@@ -711,16 +712,16 @@ def bench_router(quick: bool, steps: int | None = None) -> dict:
 
     steps = steps or (100 if quick else 300)
     recipe = "recipes/compare/mixtral.yaml"
-    bins = ROOT / "runs" / "minigl" / "data" / "final"
+    bins = REPO_ROOT / "runs" / "minigl" / "data" / "final"
     if not (bins / "meta.json").is_file():
-        subprocess.run(["make", "-C", str(ROOT), "minigl-data", "PUBLISH=no"], check=True)
+        subprocess.run(["make", "-C", str(REPO_ROOT), "minigl-data", "PUBLISH=no"], check=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="slm-router-") as tmp:
         for label, cfg in ROUTER_SETTINGS:
             la = load_avg()
             out = Path(tmp) / label.split(":")[0].replace(" ", "_").replace(",", "")
             overrides = [f"run.output_root={out}", *[f"model.overrides.{k}={v}" for k, v in cfg.items()]]
-            train_one(f"mixtral, {label}", ARCHS["mixtral"], ROOT / recipe, steps, overrides, out / "mixtral.out.txt")
+            train_one(f"mixtral, {label}", ARCHS["mixtral"], REPO_ROOT / recipe, steps, overrides, out / "mixtral.out.txt")
             final = out / "compare" / "mixtral" / "final"
             run = read_run(final)
             shares = expert_table(final / "train_log.md")
@@ -802,10 +803,10 @@ def bench_bins(quick: bool, chars: int | None = None) -> dict:
           "| workers (num_proc) | seconds | tokens | tokens/s | x 1 worker | load |", "|---|---|---|---|---|---|"]
     md += [f"| {r['workers']} | {r['seconds']:.1f} | {r['tokens']:,} | {r['tokens/s']:,} | {r['x 1 worker']:.2f} "
            f"| {r['load'][0]} |" for r in rows]
-    table = ROOT / "train_phi2" / "logs" / "tokenizer_bench.md"
+    table = REPO_ROOT / "train_phi2" / "logs" / "tokenizer_bench.md"
     if table.is_file():
         md += ["", f"Tokenizer training at scale (`make bench-tokenizer SIZE=100M|1B`, its own process per run; "
-               f"from `{table.relative_to(ROOT)}`, measured when that file says):", ""]
+               f"from `{table.relative_to(REPO_ROOT)}`, measured when that file says):", ""]
         md += [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
     return {"rows": rows, "identical": same, "markdown": "\n".join(md)}
 
@@ -841,7 +842,7 @@ def serve_process(root: Path, run: str, port: int, continuous_batching: bool) ->
     import httpx
 
     cmd = [sys.executable, "-m", "shared.inference.serve", "minigl", "--root", str(root), "--run", run, "--port", str(port)]
-    proc = subprocess.Popen(cmd + (["--continuous-batching"] if continuous_batching else []), cwd=ROOT,
+    proc = subprocess.Popen(cmd + (["--continuous-batching"] if continuous_batching else []), cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     deadline = time.time() + 180
@@ -909,7 +910,7 @@ def bench_serving(quick: bool) -> dict:
     from shared.data.sources import read_jsonl
 
     new, per_client = (16, 2) if quick else (32, 4)
-    questions = [r["Question"] for r in read_jsonl(ROOT / "data/qa/qa.jsonl")]
+    questions = [r["Question"] for r in read_jsonl(REPO_ROOT / "data/qa/qa.jsonl")]
     servers = [("our GPT (slm_gpt), sequential generate()", "ours", False),
                ("exported GPT2LMHeadModel, sequential generate()", "gpt2", False),
                ("exported GPT2LMHeadModel, continuous batching", "gpt2", True)]
@@ -1022,7 +1023,7 @@ def main(argv: list[str]) -> None:
                         "by key=value overrides (default: the phi3 and mixtral pretrain recipes)")
     parser.add_argument("--quick", action="store_true", help="smaller runs (make bench-quick)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    parser.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.md / results.json")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench"), help="folder for results.md / results.json")
     parser.add_argument("--update", action="store_true", help="keep the other sections of the existing results.json "
                         "and rerun only --only's (each section records the commit and command that measured it)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; on a CPU shared "
