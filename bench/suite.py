@@ -19,7 +19,6 @@ import copy
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess

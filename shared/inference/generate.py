@@ -19,12 +19,11 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, TextStreamer
 from transformers.generation.logits_process import LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
-from shared import REPO_ROOT
 from shared.config import catalog
 from shared.config.errors import UserError, run_main
 from shared.config.runs import find_run
 from shared.models.registry import context_length
-from shared.config.recipe import PRESET_ONLY, check_generation_keys, parse_override, resolve_path
+from shared.config.recipe import PRESET_ONLY, check_generation_keys, parse_override
 
 
 def damaged_file(path: Path) -> str | None:

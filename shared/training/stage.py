@@ -20,16 +20,10 @@ from typing import Iterator
 import yaml
 
 from shared.config.errors import UserError
-from shared.config.files import atomic_folder, atomic_write, display_path, replace_folder
+from shared.config.files import atomic_folder, atomic_write, display_path
 from shared.config.recipe import Recipe, resolve_path
 from shared.config.runs import MARKER
 from shared.training.runlog import RunLog, now_utc, publish, run_facts
-
-
-def swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` with `tmp`, old or new and never half (`replace_folder`; the trainer's final/ is written by
-    every rank, so it can't be one `atomic_folder` block)."""
-    replace_folder(tmp, final)
 
 
 def recipe_changes(saved: Path, recipe: Recipe, ignore: tuple[str, ...] = ()) -> list[str]:

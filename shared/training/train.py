@@ -48,12 +48,13 @@ from shared.training.build import NoDecayOnEmbeddingsTrainer, build_trainer  # n
 from shared.training.checkpoints import find_resume
 from shared.data.sources import Provenance, load_source, pack, render, sample_for_eval, split_train_eval
 from shared.config.errors import UserError
+from shared.config.files import replace_folder
 from shared.inference.generate import generation_config, samples_markdown
 from shared.training.guards import RunFinished, disk_full_is_a_user_error
 from shared.config.recipe import Recipe, trainer_classes, training_config_class
 from shared.training.runlog import RunLog, publish, run_facts
 from shared.config.runs import final_of
-from shared.training.stage import check_replace, recipe_changes, swap_in, write_marker
+from shared.training.stage import check_replace, recipe_changes, write_marker
 from shared.data.tokenizer import load_tokenizer
 
 DEFAULT_TRAINING = dict(
@@ -442,6 +443,6 @@ def save_final(trainer: Trainer, tokenizer, recipe: Recipe, runlog: RunLog | Non
         for junk in ("training_args.bin",):  # pickled; the resolved recipe.yaml says the same, safely
             (tmp / junk).unlink(missing_ok=True)
         write_marker(tmp, recipe, title or "training")
-        swap_in(tmp, final)
+        replace_folder(tmp, final)  # old or new, never half (every rank writes tmp: not one atomic_folder block)
     trainer.accelerator.wait_for_everyone()
     return final
