@@ -28,6 +28,19 @@ def test_quote_starts_at_the_questions_words_and_ends_with_the_keys_clause():
     assert retrieval.quote(text, "9600平方公里", "流域面积？") is None
 
 
+def test_cloze_questions_ask_in_the_texts_words_for_what_the_key_is():
+    from train_phi2.rag_data import cloze
+
+    text = "镜湖平均水深2.3米，最深处约6.8米。新渡区于2006年9月28日正式挂牌。茶溪在北坡汇入青漪河。"
+    assert cloze(text, "约6.8米", "镜湖") == "镜湖平均水深2.3米，最深处多少米？"  # the number asked, the unit kept
+    assert cloze(text, "2006年9月28日", "新渡区") == "新渡区于哪一天正式挂牌？"  # the subject named: not repeated
+    assert cloze(text, "北坡", "茶溪") == "茶溪在什么汇入青漪河？"
+    assert cloze("顺河堤的提升工程经过两年施工。", "两年", "顺河堤") == "顺河堤的提升工程经过多少年施工？"
+    assert cloze("其中古籍约9.6万册。", "约9.6万册", "苇川图书馆") == "苇川图书馆，其中古籍多少册？"
+    assert cloze("坡上工坊开放，2016年。", "2016年", "坡上工坊") == "坡上工坊开放，哪一年？"  # a bare key: + the clause before
+    assert cloze(text, "柳岸区", "镜湖") is None  # the text does not state it
+
+
 def test_backing_sentence_names_the_source_that_best_matches_the_answer():
     from langchain_core.documents import Document
 
@@ -49,7 +62,7 @@ def test_no_repeat_in_answer_ignores_the_prompt_and_stops_a_runaway_token():
     assert max(len(run_) for run_ in "".join(map(str, picked)).split("6")) <= 4
 
 
-def test_quoting_decodes_only_spans_of_the_chunks_and_refuses_only_when_the_model_is_sure(tmp_path):
+def test_quoting_decodes_only_spans_of_the_chunks_or_the_refusal_decided_before_decoding(tmp_path):
     from shared.inference.generate import QuoteFromSources, token_bytes
     from shared.data.tokenizer import train_bpe
 
@@ -57,23 +70,58 @@ def test_quoting_decodes_only_spans_of_the_chunks_and_refuses_only_when_the_mode
     tok = train_bpe(iter([chunks + [retrieval.INSTRUCTION]]), vocab_size=400, min_frequency=1, folder=tmp_path / "t")
     table, refusal = token_bytes(tok), retrieval.NO_ANSWER + "。"
     prompt = torch.tensor([tok("问题：面积？").input_ids])
-    for seed in range(20):  # a random "model": whatever it prefers, the answer is a quote (or the refusal)
-        rng = torch.Generator().manual_seed(seed)
-        quote, ids = QuoteFromSources(tok, chunks, refusal, 0.5, table), prompt
-        for _ in range(30):
-            token = int(quote(ids, torch.randn(1, len(tok), generator=rng)).argmax())
+    refusal_ids = tok(refusal, add_special_tokens=False).input_ids
+
+    def decode(refuse: bool, scores_for) -> str:
+        quote, ids = QuoteFromSources(tok, chunks, refusal, refuse, table), prompt
+        for step in range(40):
+            token = int(quote(ids, scores_for(step)).argmax())
             ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
             if token == tok.eos_token_id:
                 break
-        text = tok.decode(ids[0, prompt.shape[1]:], skip_special_tokens=True)
-        assert text and (text.rstrip("。") in "".join(chunks) or text == refusal), text
-    first = tok(retrieval.NO_ANSWER, add_special_tokens=False).input_ids[0]
-    for p_refuse, refused in ((0.4, False), (0.9, True)):  # the refusal's first token with this probability
-        scores = torch.full((1, len(tok)), -30.0)
-        scores[0, first] = 0.0
-        scores[0, tok("桥", add_special_tokens=False).input_ids[0]] = float(torch.log(torch.tensor((1 - p_refuse) / p_refuse)))
-        token = int(QuoteFromSources(tok, chunks, refusal, 0.5, table)(prompt, scores).argmax())
-        assert (token == first) == refused
+        return tok.decode(ids[0, prompt.shape[1]:], skip_special_tokens=True)
+
+    for seed in range(20):  # a random "model": whatever it prefers, the answer is a quote, or the refusal when told
+        rng = torch.Generator().manual_seed(seed)
+        text = decode(False, lambda step: torch.randn(1, len(tok), generator=rng))
+        assert text and text.rstrip("。") in "".join(chunks) and text != refusal, text
+        assert decode(True, lambda step: torch.randn(1, len(tok), generator=rng)) == refusal
+
+    def wants_refusal(step):  # a model set on the refusal: still a quote unless the refusal was decided on
+        scores = torch.zeros(1, len(tok))
+        scores[0, refusal_ids[min(step, len(refusal_ids) - 1)]] = 30.0
+        return scores
+    assert decode(False, wants_refusal).rstrip("。") in "".join(chunks)
+    assert decode(True, wants_refusal) == refusal
+
+
+def test_the_refusal_is_taken_on_the_probability_of_its_whole_first_character(tmp_path):
+    """A byte-level BPE may spell 资 in several tokens, and the first of them begins many other characters: the
+    decision multiplies the probabilities of all the tokens that spell the character."""
+    from types import SimpleNamespace
+
+    from shared.data.tokenizer import train_bpe
+    from shared.inference.generate import first_character_probability
+
+    tok = train_bpe(iter([["桥东区面积。"]]), vocab_size=270, min_frequency=1, folder=tmp_path / "t")
+    spelled = tok("资", add_special_tokens=False).input_ids
+    assert len(spelled) == 3  # no merge: 资's three UTF-8 bytes
+    logp = torch.log_softmax(torch.randn(len(tok), generator=torch.Generator().manual_seed(0)), -1)
+    seen = []
+
+    class Model(torch.nn.Module):  # the same next-token distribution everywhere
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids):
+            seen.append(ids[0].tolist())
+            return SimpleNamespace(logits=logp.expand(1, ids.shape[1], -1))
+
+    prompt = "问题：面积？"
+    p = first_character_probability(Model(), tok, prompt, retrieval.NO_ANSWER + "。")
+    assert p == pytest.approx(float(torch.exp(logp[spelled].sum())), rel=1e-5)
+    assert seen == [tok(prompt, add_special_tokens=False).input_ids + spelled[:2]]  # one forward pass
 
 
 def test_a_quote_stops_at_the_end_of_its_sentence(tmp_path):
@@ -86,7 +134,7 @@ def test_a_quote_stops_at_the_end_of_its_sentence(tmp_path):
     tok = train_bpe(iter([chunks + [retrieval.INSTRUCTION]]), vocab_size=300, min_frequency=1, folder=tmp_path / "t")
     table = token_bytes(tok)
     for start in ("长虹桥", "桥两侧"):
-        quote = QuoteFromSources(tok, chunks, retrieval.NO_ANSWER + "。", 0.5, table)
+        quote = QuoteFromSources(tok, chunks, retrieval.NO_ANSWER + "。", False, table)
         ids = torch.tensor([tok("问题：？", add_special_tokens=False).input_ids + tok(start, add_special_tokens=False).input_ids])
         quote.start = ids.shape[1] - len(tok(start, add_special_tokens=False).input_ids)
         for _ in range(60):  # a model that never wants to stop: EOS gets the lowest score
@@ -155,8 +203,8 @@ def test_no_evaluation_question_reaches_training(stage_run):
     asked = {r["prompt"].rsplit("\n问题：", 1)[1].split("\n", 1)[0] for r in stage_run["rows"]}
     assert LEAKED in held_out and not asked & held_out
     assert "1 generated questions equal to one of them were dropped" in stage_run["log"]
-    assert {r["source"] for r in stage_run["rows"]} == {"qa", "facts"}
-    assert "| qa | " in stage_run["log"] and "| facts | " in stage_run["log"]  # examples per source, in the log
+    assert {r["source"] for r in stage_run["rows"]} == {"qa", "facts", "cloze"}
+    assert all(f"| {src} | " in stage_run["log"] for src in ("qa", "facts", "cloze"))  # examples per source, in the log
 
 
 @pytest.mark.slow

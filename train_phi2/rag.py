@@ -29,7 +29,8 @@ from shared.config import cli
 from shared.eval import retrieval
 from shared.training import stage
 from shared.config.errors import UserError, run_main
-from shared.inference.generate import QuoteFromSources, answer_processors, token_bytes
+from shared.inference.generate import (QuoteFromSources, answer_processors, first_character_probability,
+                                       token_bytes)
 from transformers.generation.logits_process import LogitsProcessorList
 from shared.eval.metrics import rouge_l
 from shared.config.runs import final_of
@@ -123,7 +124,7 @@ def answers_section(recipe, results: list[dict]) -> str:
     return (f"Each of the {len(demo['rows'])} questions of `{s.questions}` answered through the demo's own path "
             f"(retriever {s.retriever}, top {s.k} chunks cut to the model's context, the recipe's generation preset), "
             f"by each model with each answer mode: `quote` (the answer is a span of the retrieved chunks, or the "
-            f"refusal when the model gives it >= {s.refusal_threshold} at its first token) and `free` (any text). "
+            f"refusal when the model gives its first character >= {s.refusal_threshold}) and `free` (any text). "
             f"Key recall: the answer holds the question's `key` (exact substring after width normalisation); “not in "
             f"the background”: the answer says “{retrieval.NO_ANSWER}”; Rouge-L: character-level F against the "
             f"reference answer, mean over questions; degenerate: one character repeated 6 or more times.\n\n"
@@ -143,13 +144,16 @@ class Answerer:
     mode: str
     threshold: float
     table: list = field(default_factory=list)  # token id -> bytes (for quoting)
+    p_refusal: float | None = None  # quote: the last answer's probability of the refusal's first character
 
-    def generate_kwargs(self, docs) -> dict:
+    def generate_kwargs(self, prompt: str, docs) -> dict:
         if self.mode == "free":
             return answer_processors(self.preset)
-        tok = self.llm.pipeline.tokenizer
+        tok, model = self.llm.pipeline.tokenizer, self.llm.pipeline.model
         self.table = self.table or token_bytes(tok)
-        quote = QuoteFromSources(tok, [d.page_content for d in docs], retrieval.NO_ANSWER + "。", self.threshold,
+        refusal = retrieval.NO_ANSWER + "。"
+        self.p_refusal = first_character_probability(model, tok, prompt, refusal)
+        quote = QuoteFromSources(tok, [d.page_content for d in docs], refusal, self.p_refusal >= self.threshold,
                                  self.table)
         return {"logits_processor": LogitsProcessorList([quote])}
 

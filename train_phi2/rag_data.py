@@ -6,7 +6,10 @@ Sources, all from the knowledge base and never from the evaluation questions (st
 1. the train split of data/qa/qa.jsonl (question, key, source documents);
 2. questions written from the fact triples of data/world/facts.jsonl ("{subject}的{relation}是什么？"), the answer
    being the triple's object as the passages state it;
-3. unanswerable prompts: a question whose retrieved chunks are replaced by the next ones that do not hold its
+3. cloze questions: the clause of a fact's own document that states the object, the object replaced by what asks
+   for it ("年降水量约1480毫米" -> "苇川，年降水量多少毫米？"), so questions also come in the words of the text, as a
+   reader's do (the template questions use the triple's relation name, which the text rarely has);
+4. unanswerable prompts: a question whose retrieved chunks are replaced by the next ones that do not hold its
    answer, answered with the instruction's fixed sentence (retrieval.NO_ANSWER).
 
 The background is what the demo's retriever returns for the question, wrong chunks included. When none of them
@@ -18,6 +21,7 @@ source, context, id}; context: answered | inserted | unanswerable).
 """
 import json
 import random
+import re
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
@@ -43,6 +47,7 @@ class RagData:
     fact_templates: list = field(default_factory=lambda: [
         "{subject}的{relation}是什么？", "请问{subject}的{relation}是多少？", "{subject}的{relation}是怎样的？"])
     questions_per_fact: int = 2  # phrasings per triple (distinct templates, seeded)
+    cloze_per_fact: int = 1  # cloze questions per triple, from the clauses that state it (0: none)
     negative_share: float = 0.2  # share of unanswerable examples among all
     eval_questions: list = field(default_factory=lambda: ["data/qa/rag.jsonl"])  # never in training (plus qa eval)
     seed: int = 42
@@ -69,6 +74,46 @@ def questions_from_facts(path: str, templates: list[str], per_fact: int, rng: ra
     return out
 
 
+ASKING = [  # (the part of a key a question asks for, what asks for it): the first that matches wins
+    (re.compile(r"(\d{4}年)?\d{1,2}月\d{1,2}日"), "哪一天"),
+    (re.compile(r"\d{4}年"), "哪一年"),
+    (re.compile(r"\d{1,2}月|[一二三四五六七八九十]{1,2}月"), "几月"),
+    (re.compile(r"(约|近|超过)?\d[\d.,]*(万|亿)?"), "多少"),
+    (re.compile(r"(约|近)?[二两三四五六七八九十百千万][一二两三四五六七八九十百千万]*"), "多少"),
+]
+
+
+def cloze(sentence: str, key: str, subject: str) -> str | None:
+    """A question in the text's own words: the clause of `sentence` that holds `key`, the key's number, date or
+    (else) the whole key replaced by what asks for it; the clause before it too when the key's clause is little
+    more than the key; `subject` first when the clause does not name it. None: no clause holds the key as written."""
+    clauses = retrieval.CLAUSE.findall(sentence)
+    hit = next((i for i, c in enumerate(clauses) if key in c), None)
+    if hit is None:
+        return None
+    pattern, word = next(((p, w) for p, w in ASKING if p.search(key)), (None, "什么"))
+    asked = pattern.sub(word, key, count=1) if pattern else word
+    text = clauses[hit].replace(key, asked, 1)
+    if len(clauses[hit].strip("，；：。！？")) - len(key) < 4 and hit > 0:
+        text = clauses[hit - 1] + text
+    question = text.rstrip("，；：。！？")
+    if normalize(subject) not in normalize(question):
+        question = f"{subject}，{question}"
+    return question + "？"
+
+
+def questions_from_passages(path: str, by_doc: dict, per_fact: int, rng: random.Random) -> list[dict]:
+    """Cloze questions (`cloze`) from the clauses of each fact's documents that state its object."""
+    out = []
+    for f in read_jsonl(resolve_path(path)):
+        written = {cloze(sent, f["object"], f["subject"]) for doc in f["docs"] for ch in by_doc.get(doc, [])
+                   for sent in retrieval.sentences(ch.page_content) if f["object"] in sent}
+        for n, question in enumerate(rng.sample(sorted(written - {None}), min(per_fact, len(written - {None})))):
+            out.append({"id": f"{f['id']}/cloze{n}", "source": "cloze", "key": f["object"], "docs": f["docs"],
+                        "question": question})
+    return out
+
+
 def main(argv):
     recipe, opts = cli.parse(argv, "recipes/phi2/rag-data.yaml", __doc__.splitlines()[0], stage=RagData)
     s, rng = recipe.stage, random.Random(recipe.stage.seed)
@@ -88,8 +133,10 @@ def main(argv):
     qa, held_out = questions_from_qa(s.qa)
     for path in s.eval_questions:
         held_out |= {normalize(q["question"]) for q in retrieval.load_questions(path)}
-    questions = qa + questions_from_facts(s.facts, s.fact_templates, s.questions_per_fact, rng)
-    counts = {src: dict.fromkeys(("answered", "inserted", "unanswerable", "skipped"), 0) for src in ("qa", "facts")}
+    questions = (qa + questions_from_facts(s.facts, s.fact_templates, s.questions_per_fact, rng)
+                 + questions_from_passages(s.facts, by_doc, s.cloze_per_fact, rng))
+    counts = {src: dict.fromkeys(("answered", "inserted", "unanswerable", "skipped"), 0)
+              for src in ("qa", "facts", "cloze")}
     excluded, examples = 0, []
     for q in tqdm(questions, desc="reading-comprehension examples"):
         if normalize(q["question"]) in held_out:

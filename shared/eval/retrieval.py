@@ -489,7 +489,7 @@ class RagSettings:
     model: str = "runs/phi2/rag-sft"  # the answering model: a run folder (its final/) or a model folder
     baseline: str | None = "runs/phi2/sft"  # --eval also scores this model's answers (None: only `model`)
     answer: str = "quote"  # quote: the answer is a span of the chunks (or the refusal) | free: any text
-    refusal_threshold: float = 0.5  # quote: refuse when the model's first token gives the refusal this much
+    refusal_threshold: float = 0.5  # quote: refuse when the model gives the refusal's first character this much
     template: str = "##提问:\n{instruction}\n\n##回答:\n"  # the SFT prompt (empty input), answer marker last
     instruction: str = INSTRUCTION  # {context} and {question}
     questions: str = "data/qa/rag.jsonl"  # for --eval
@@ -548,11 +548,12 @@ def answer(question: str, retriever, llm, template: str, instruction: str = INST
            max_prompt_tokens: int | None = None, generate_kwargs=None) -> tuple[str, list[Document]]:
     """(answer text, the chunks it was given). `llm`: a LangChain LLM, e.g. HuggingFacePipeline built with
     return_full_text=False; the prompt is cut to `max_prompt_tokens` with the pipeline's tokenizer (fit_prompt).
-    `generate_kwargs(chunks)`: per-answer arguments for the pipeline's generate() (a fresh logits processor)."""
+    `generate_kwargs(prompt, chunks)`: per-answer arguments for the pipeline's generate() (a fresh logits
+    processor)."""
     tokenizer = getattr(getattr(llm, "pipeline", None), "tokenizer", None)
     prompt, docs = fit_prompt(question, retrieve(retriever, question, k), template, instruction, tokenizer,
                               max_prompt_tokens)
-    extra = generate_kwargs(docs) if generate_kwargs else {}
+    extra = generate_kwargs(prompt, docs) if generate_kwargs else {}
     text = llm.invoke(prompt, **({"pipeline_kwargs": extra} if extra else {})).strip()
     if text.endswith("\ufffd"):  # max_new_tokens stopped inside a character (byte-level BPE): say it was cut
         text = text.rstrip("\ufffd") + "…"

@@ -180,47 +180,61 @@ CLAUSE_ENDS = tuple(c.encode() for c in "，。；：！？、\n")
 SENTENCE_ENDS = tuple(c.encode() for c in "。！？")
 
 
-class QuoteFromSources(LogitsProcessor):
-    """Extractive decoding: the answer can only be one contiguous span of one of the `sources` (the retrieved chunks),
-    ending where a clause of its source ends, then a full stop and EOS; or the `refusal` sentence ("not in the background"). The model still chooses where the
-    quote starts, which occurrence it follows and when it stops; it can't write what its sources don't say, nor
-    loop. The refusal is taken when the model gives its first token at least `refusal_threshold` of its probability
-    (SQuAD 2.0's no-answer rule): a doubtful model otherwise falls back on the one answer that is always right in
-    form. Make one per generate() call: the length it first sees is the prompt's."""
+def first_character_probability(model, tokenizer, prompt: str, text: str) -> float:
+    """The model's probability that its answer to `prompt` begins with the first character of `text`: the product
+    of the probabilities of the tokens that spell that character (a byte-level BPE may need two or three), read
+    from one forward pass over the prompt and all but the last of them."""
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    wanted = tokenizer(text, add_special_tokens=False).input_ids
+    table, spelled, n = token_bytes(tokenizer), b"", 0
+    while n < len(wanted) and not (spelled and whole_characters(spelled)):
+        spelled, n = spelled + table[wanted[n]], n + 1
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + wanted[:n - 1]], device=device)).logits[0, len(ids) - 1:]
+    logp = torch.log_softmax(logits.float(), -1)
+    return float(torch.exp(sum(logp[i, t] for i, t in enumerate(wanted[:n]))))
 
-    def __init__(self, tokenizer, sources: list[str], refusal: str = "", refusal_threshold: float = 0.5,
+
+class QuoteFromSources(LogitsProcessor):
+    """Extractive decoding: the answer is one contiguous span of one of the `sources` (the retrieved chunks), ending
+    where a clause of its source ends, then a full stop and EOS; or, with `refuse`, the `refusal` sentence ("not in
+    the background"). The model still chooses where the quote starts, which occurrence it follows and when it
+    stops; it can't write what its sources don't say, nor loop. Whether to refuse is decided before decoding, from
+    the model's own probability of the refusal's first character (first_character_probability against the
+    recipe's threshold, SQuAD 2.0's no-answer rule), so that beams never weigh a fixed, easily predicted sentence
+    against a quote. Make one per generate() call: the length it first sees is the prompt's."""
+
+    def __init__(self, tokenizer, sources: list[str], refusal: str = "", refuse: bool = False,
                  table: list[bytes] | None = None):
         self.table = table or token_bytes(tokenizer)
         self.first: dict[int, list[int]] = {}
         for i, piece in enumerate(self.table):
             if piece:
                 self.first.setdefault(piece[0], []).append(i)
-        self.sources = [s.encode("utf-8") for s in sources if s]
-        self.refusal, self.threshold = refusal.encode("utf-8"), refusal_threshold
+        # (source, the byte offsets a quote may begin at: any character's; the refusal's first)
+        self.sources = ([(refusal.encode("utf-8"), [0])] if refuse else
+                        [(src.encode("utf-8"), [len(src[:i].encode("utf-8")) for i in range(len(src))])
+                         for src in sources if src])
         self.stops = [i for i, piece in enumerate(self.table) if piece == "。".encode()]
-        self.eos, self.start = tokenizer.eos_token_id, None
+        self.eos, self.start, self.refuse = tokenizer.eos_token_id, None, refuse
+
+    def ends(self, said: bytes) -> list[tuple[bytes, int]]:
+        """(source, where `said` ends in it) for every place `said` is quoted from one of the allowed starts."""
+        return [(src, at + len(said)) for src, starts in self.sources for at in starts if src.startswith(said, at)]
 
     def ends_a_clause(self, said: bytes) -> bool:
-        """A quote may stop where its source's clause ends (as the training answers do), not mid-clause."""
-        for src in self.sources:
-            at = src.find(said)
-            while at != -1:
-                rest = src[at + len(said):]
-                if not rest or rest.startswith(CLAUSE_ENDS):
-                    return True
-                at = src.find(said, at + 1)
-        return said.endswith(CLAUSE_ENDS)
+        """A quote may stop where its source's clause ends (as the training answers do), not mid-clause; the
+        refusal only where it ends."""
+        if self.refuse:
+            return any(end == len(src) for src, end in self.ends(said))
+        return said.endswith(CLAUSE_ENDS) or any(end == len(src) or src[end:].startswith(CLAUSE_ENDS)
+                                                 for src, end in self.ends(said))
 
-    def allowed(self, said: bytes, sources: list[bytes]) -> list[int]:
-        following = set()
-        for src in sources:
-            at = src.find(said)
-            while at != -1 and at + len(said) < len(src):
-                following.add(src[at + len(said)])
-                at = src.find(said, at + 1)
-        if not said:  # a quote starts at a character, not inside one (UTF-8 continuation bytes are 0x80-0xBF)
-            following = {b for b in following if not 0x80 <= b < 0xC0}
-        return [t for b in following for t in self.first.get(b, ()) if any(said + self.table[t] in src for src in sources)]
+    def allowed(self, said: bytes) -> list[int]:
+        ends = [(src, end) for src, end in self.ends(said) if end < len(src)]
+        return sorted({t for src, end in ends for t in self.first.get(src[end], ())
+                       if src.startswith(self.table[t], end)})
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.start is None:
@@ -228,14 +242,7 @@ class QuoteFromSources(LogitsProcessor):
         mask = torch.full_like(scores, float("-inf"))
         for row, ids in enumerate(input_ids[:, self.start:].tolist()):
             said = b"".join(self.table[i] for i in ids)
-            quote = self.allowed(said, self.sources)
-            refuse = self.allowed(said, [self.refusal]) if self.refusal else []
-            if not said and refuse and quote:  # the first token: refuse only when the model is sure enough
-                p = torch.softmax(scores[row].float(), -1)
-                refusing = set(refuse) - set(quote)
-                if float(p[list(refusing)].sum()) < self.threshold:
-                    refuse = []
-            allowed = quote + refuse
+            allowed = self.allowed(said)
             if said.endswith(SENTENCE_ENDS):  # one sentence at most: a quote, not a passage
                 allowed = []
             elif said and whole_characters(said) and self.ends_a_clause(said):  # never inside a character
