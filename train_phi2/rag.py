@@ -144,7 +144,6 @@ class Answerer:
     mode: str
     threshold: float
     table: list = field(default_factory=list)  # token id -> bytes (for quoting)
-    p_refusal: float | None = None  # quote: the last answer's probability of the refusal's first character
 
     def generate_kwargs(self, prompt: str, docs) -> dict:
         if self.mode == "free":
@@ -152,9 +151,8 @@ class Answerer:
         tok, model = self.llm.pipeline.tokenizer, self.llm.pipeline.model
         self.table = self.table or token_bytes(tok)
         refusal = retrieval.NO_ANSWER + "。"
-        self.p_refusal = first_character_probability(model, tok, prompt, refusal)
-        quote = QuoteFromSources(tok, [d.page_content for d in docs], refusal, self.p_refusal >= self.threshold,
-                                 self.table)
+        refuse = first_character_probability(model, tok, prompt, refusal, self.table) >= self.threshold
+        quote = QuoteFromSources(tok, [d.page_content for d in docs], refusal, refuse, self.table)
         return {"logits_processor": LogitsProcessorList([quote])}
 
     def __call__(self, question: str, retriever, s) -> tuple[str, list]:

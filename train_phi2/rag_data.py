@@ -65,9 +65,9 @@ def questions_from_qa(path: str) -> tuple[list[dict], set[str]]:
     return train, held_out
 
 
-def questions_from_facts(path: str, templates: list[str], per_fact: int, rng: random.Random) -> list[dict]:
+def questions_from_facts(facts: list[dict], templates: list[str], per_fact: int, rng: random.Random) -> list[dict]:
     out = []
-    for f in read_jsonl(resolve_path(path)):
+    for f in facts:
         for n, template in enumerate(rng.sample(templates, min(per_fact, len(templates)))):
             out.append({"id": f"{f['id']}/{n}", "source": "facts", "key": f["object"], "docs": f["docs"],
                         "question": template.format(subject=f["subject"], relation=f["relation"])})
@@ -102,13 +102,13 @@ def cloze(sentence: str, key: str, subject: str) -> str | None:
     return question + "？"
 
 
-def questions_from_passages(path: str, by_doc: dict, per_fact: int, rng: random.Random) -> list[dict]:
+def questions_from_passages(facts: list[dict], by_doc: dict, per_fact: int, rng: random.Random) -> list[dict]:
     """Cloze questions (`cloze`) from the clauses of each fact's documents that state its object."""
     out = []
-    for f in read_jsonl(resolve_path(path)):
+    for f in facts:
         written = {cloze(sent, f["object"], f["subject"]) for doc in f["docs"] for ch in by_doc.get(doc, [])
-                   for sent in retrieval.sentences(ch.page_content) if f["object"] in sent}
-        for n, question in enumerate(rng.sample(sorted(written - {None}), min(per_fact, len(written - {None})))):
+                   for sent in retrieval.sentences(ch.page_content) if f["object"] in sent} - {None}
+        for n, question in enumerate(rng.sample(sorted(written), min(per_fact, len(written)))):
             out.append({"id": f"{f['id']}/cloze{n}", "source": "cloze", "key": f["object"], "docs": f["docs"],
                         "question": question})
     return out
@@ -133,8 +133,9 @@ def main(argv):
     qa, held_out = questions_from_qa(s.qa)
     for path in s.eval_questions:
         held_out |= {normalize(q["question"]) for q in retrieval.load_questions(path)}
-    questions = (qa + questions_from_facts(s.facts, s.fact_templates, s.questions_per_fact, rng)
-                 + questions_from_passages(s.facts, by_doc, s.cloze_per_fact, rng))
+    facts = list(read_jsonl(resolve_path(s.facts)))
+    questions = (qa + questions_from_facts(facts, s.fact_templates, s.questions_per_fact, rng)
+                 + questions_from_passages(facts, by_doc, s.cloze_per_fact, rng))
     counts = {src: dict.fromkeys(("answered", "inserted", "unanswerable", "skipped"), 0)
               for src in ("qa", "facts", "cloze")}
     excluded, examples = 0, []

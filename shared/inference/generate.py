@@ -180,13 +180,13 @@ CLAUSE_ENDS = tuple(c.encode() for c in "，。；：！？、\n")
 SENTENCE_ENDS = tuple(c.encode() for c in "。！？")
 
 
-def first_character_probability(model, tokenizer, prompt: str, text: str) -> float:
+def first_character_probability(model, tokenizer, prompt: str, text: str, table: list[bytes] | None = None) -> float:
     """The model's probability that its answer to `prompt` begins with the first character of `text`: the product
     of the probabilities of the tokens that spell that character (a byte-level BPE may need two or three), read
-    from one forward pass over the prompt and all but the last of them."""
+    from one forward pass over the prompt and all but the last of them. `table`: token_bytes(tokenizer), if made."""
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
     wanted = tokenizer(text, add_special_tokens=False).input_ids
-    table, spelled, n = token_bytes(tokenizer), b"", 0
+    table, spelled, n = table or token_bytes(tokenizer), b"", 0
     while n < len(wanted) and not (spelled and whole_characters(spelled)):
         spelled, n = spelled + table[wanted[n]], n + 1
     device = next(model.parameters()).device
@@ -212,10 +212,11 @@ class QuoteFromSources(LogitsProcessor):
         for i, piece in enumerate(self.table):
             if piece:
                 self.first.setdefault(piece[0], []).append(i)
-        # (source, the byte offsets a quote may begin at: any character's; the refusal's first)
+        # (source, the byte offsets a quote may begin at: any character's, i.e. no UTF-8 continuation byte 0x80-0xBF;
+        # the refusal's first)
+        encoded = [src.encode("utf-8") for src in sources if src]
         self.sources = ([(refusal.encode("utf-8"), [0])] if refuse else
-                        [(src.encode("utf-8"), [len(src[:i].encode("utf-8")) for i in range(len(src))])
-                         for src in sources if src])
+                        [(src, [i for i, b in enumerate(src) if not 0x80 <= b < 0xC0]) for src in encoded])
         self.stops = [i for i, piece in enumerate(self.table) if piece == "。".encode()]
         self.eos, self.start, self.refuse = tokenizer.eos_token_id, None, refuse
 
