@@ -148,6 +148,38 @@ def test_known_question_finds_its_document(tmp_path, kb, embedding):
     assert "news-003" in [d.metadata["doc_id"] for d in top]
 
 
+def test_sentence_filter_keeps_the_sentences_of_the_top_chunks_closest_to_the_question(tmp_path, kb, embedding):
+    """stage.sentences: the prompt holds the best sentences of the top k chunks, best first, each once, with their
+    chunk's metadata; 0 keeps the chunk retriever itself (whole chunks)."""
+    from types import SimpleNamespace
+
+    from langchain_core.documents import Document
+
+    chunks = [Document("苇川市是河港城市。年降水量约1480毫米，六月为梅雨期。", metadata={"doc_id": "a", "chunk_id": "a#0"}),
+              Document("六月为梅雨期。青漪河穿城而过，河上有长虹桥。", metadata={"doc_id": "a", "chunk_id": "a#1"}),
+              Document("苇川的降水量在全省最多。", metadata={"doc_id": "b", "chunk_id": "b#0"})]  # the 3rd chunk
+    squeeze = retrieval.SentenceFilter(embedding=embedding[0], weights=[0.5, 0.5],
+                                       keep=2, chunks=2)
+    assert [d.page_content for d in squeeze.split(chunks[:2])] == [
+        "苇川市是河港城市。", "年降水量约1480毫米，六月为梅雨期。", "青漪河穿城而过，河上有长虹桥。"]  # the overlap once
+    news = Document("老渡头恢复渡船\n1999-04-12\n渡船每二十分钟一班。", metadata={"title": "老渡头恢复渡船", "chunk_id": "n#0"})
+    assert [d.page_content for d in squeeze.split([news])] == ["渡船每二十分钟一班。"]  # no headline, no dateline
+    kept = squeeze.compress_documents(chunks, "苇川一年的降水量是多少？")
+    assert len(kept) == 2 and kept[0].page_content == "年降水量约1480毫米，六月为梅雨期。"
+    assert kept[0].metadata["doc_id"] == "a" and all(d.metadata["doc_id"] == "a" for d in kept)  # never chunk 3
+
+    index = build(tmp_path / "final", kb, embedding)
+    settings = SimpleNamespace(k=3, sentences=3, retriever="combined", weights=[0.5, 0.5])
+    question = "1999年长虹桥大修期间，老渡头临时恢复的渡船多久开一班？"
+    top = retrieval.retrieve(retrieval.retrievers(index.store, index.chunks, 3, [0.5, 0.5])["combined"], question, 3)
+    context = retrieval.retrieve(retrieval.context_retriever(index.store, index.chunks, settings), question,
+                                 retrieval.context_size(settings))
+    assert len(context) == 3 and all(any(d.page_content in c.page_content for c in top) for d in context)
+    assert any("二十分钟" in d.page_content for d in context)  # the sentence that answers it
+    whole = retrieval.context_retriever(index.store, index.chunks, SimpleNamespace(**{**vars(settings), "sentences": 0}))
+    assert retrieval.retrieve(whole, question, 3) == top
+
+
 def test_bm25_over_jieba_words_finds_a_rare_word(tmp_path, kb, embedding):
     # the same segmentation of an unknown name in a question and in a document; no punctuation
     assert set(retrieval.words("茶顶山在哪里？")) >= set(retrieval.words("茶顶山"))

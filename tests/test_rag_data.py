@@ -240,7 +240,7 @@ def test_training_prompts_are_the_prompts_the_demo_sends(stage_run, monkeypatch)
     index = retrieval.index_stage(demo)
     assert not index.rebuilt  # the index the data stage built and signed is the demo's
     s = demo.stage
-    retriever = retrieval.retrievers(index.store, index.chunks, s.k, s.weights)[s.retriever]
+    retriever = retrieval.context_retriever(index.store, index.chunks, s)
     answerer = rag.load_answerer(demo)
     answerer.llm.callbacks = [spy := Spy()]
     answered = [r for r in stage_run["rows"] if r["context"] == "answered"][:6]

@@ -8,13 +8,14 @@
 1. documents (stage.docs) -> chunks ending at Chinese sentence punctuation -> embeddings (a Hub model, else one
    shipped in a PyPI package) -> FAISS, saved with a signed manifest in runs/phi2/rag/final/ and rebuilt only when
    the documents, the embedding model or the splitter change; 2. BM25 over jieba words beside it, and their
-   weighted fusion (stage.retriever picks one); 3. the top stage.k chunks go into the SFT prompt
-   (stage.template + stage.instruction), the reading-comprehension model (stage.model, `make phi2-rag-sft`, trained
+   weighted fusion (stage.retriever picks one); 3. the top stage.k chunks (or, with stage.sentences, their
+   sentences closest to the question, ranked by the same fusion: LangChain's ContextualCompressionRetriever) go
+   into the SFT prompt (stage.template + stage.instruction), the reading-comprehension model (stage.model, `make phi2-rag-sft`, trained
    on exactly these prompts) answers through LangChain's HuggingFacePipeline, and the answer is printed with the
    sentence of the top source that backs it and the sources.
 `--eval` measures, for the 60 held-out questions, recall@k of each question's source document for every retriever
 and packaged embedding model, then the answers of stage.model and of stage.baseline (the plain SFT model): key
-recall, "not in the background" when the chunks lack the key, Chinese Rouge-L, and degenerate answers.
+recall, "not in the background" when the background given lacks the key, Chinese Rouge-L, and degenerate answers.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ DEGENERATE = re.compile("([^\ufffd])\\1{5,}")
 def score_answers(recipe, index, model_ref: str, mode: str) -> dict:
     """Answer every held-out question with the model through the demo's own path; score what it generated."""
     s = recipe.stage
-    retriever = retrieval.retrievers(index.store, index.chunks, s.k, s.weights)[s.retriever]
+    retriever = retrieval.context_retriever(index.store, index.chunks, s)
     answerer = load_answerer(recipe, model_ref, mode)
     rows = []
     for q in retrieval.load_questions(s.questions):
@@ -107,8 +108,8 @@ def answers_section(recipe, results: list[dict]) -> str:
     s = recipe.stage
     if not results:
         return "(no model to score)"
-    lines = ["| model | answers | key recall | key recall, key in the chunks | “not in the background” when the "
-             "chunks lack the key | “not in the background” wrongly | Rouge-L (Chinese, chars) | degenerate |",
+    lines = ["| model | answers | key recall | key recall, key in the background | “not in the background” when "
+             "the background lacks the key | “not in the background” wrongly | Rouge-L (Chinese, chars) | degenerate |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for res in results:
         rows = res["rows"]
@@ -122,8 +123,9 @@ def answers_section(recipe, results: list[dict]) -> str:
     sample = "\n".join(f"| {r['question']} | {r['answer'][:80].replace('|', '/')} | {'yes' if r['hit'] else 'no'} |"
                        for r in demo["rows"][:12])
     return (f"Each of the {len(demo['rows'])} questions of `{s.questions}` answered through the demo's own path "
-            f"(retriever {s.retriever}, top {s.k} chunks cut to the model's context, the recipe's generation preset), "
-            f"by each model with each answer mode: `quote` (the answer is a span of the retrieved chunks, or the "
+            f"(retriever {s.retriever}, {retrieval.context_words(s).removesuffix(' into the prompt')}, cut to the "
+            f"model's context, the recipe's generation preset), "
+            f"by each model with each answer mode: `quote` (the answer is a span of the background, or the "
             f"refusal when the model gives its first character >= {s.refusal_threshold}) and `free` (any text). "
             f"Key recall: the answer holds the question's `key` (exact substring after width normalisation); “not in "
             f"the background”: the answer says “{retrieval.NO_ANSWER}”; Rouge-L: character-level F against the "
@@ -156,7 +158,8 @@ class Answerer:
         return {"logits_processor": LogitsProcessorList([quote])}
 
     def __call__(self, question: str, retriever, s) -> tuple[str, list]:
-        return retrieval.answer(question, retriever, self.llm, s.template, s.instruction, s.k, self.budget,
+        return retrieval.answer(question, retriever, self.llm, s.template, s.instruction,
+                                retrieval.context_size(s), self.budget,
                                 generate_kwargs=self.generate_kwargs)
 
 
@@ -218,7 +221,7 @@ def main(argv):
         return
     questions = questions_given(mine.question)
     index = retrieval.index_stage(recipe)
-    retriever = retrieval.retrievers(index.store, index.chunks, s.k, s.weights)[s.retriever]
+    retriever = retrieval.context_retriever(index.store, index.chunks, s)
     answerer = load_answerer(recipe)
     print(f"answering model: {answerer.folder}", flush=True)
 

@@ -1,6 +1,6 @@
 """Phi-2 reading comprehension data (`make phi2-rag-data`): questions about the 苇川 knowledge base, each in exactly
-the prompt `make rag` sends (the demo recipe's instruction, retriever, top-k chunks and prompt budget), answered by
-quoting the background.
+the prompt `make rag` sends (the demo recipe's instruction, retriever, top-k chunks or their best sentences, and
+prompt budget), answered by quoting the background.
 
 Sources, all from the knowledge base and never from the evaluation questions (stage.eval_questions, checked):
 1. the train split of data/qa/qa.jsonl (question, key, source documents);
@@ -12,8 +12,9 @@ Sources, all from the knowledge base and never from the evaluation questions (st
 4. unanswerable prompts: a question whose retrieved chunks are replaced by the next ones that do not hold its
    answer, answered with the instruction's fixed sentence (retrieval.NO_ANSWER).
 
-The background is what the demo's retriever returns for the question, wrong chunks included. When none of them
-holds the answer, the chunk that does (from the question's own documents) takes a seeded place among them. The
+The background is what the demo's retriever returns for the question (its chunks, or with stage.sentences the best
+sentences of them), wrong ones included. When none of them holds the answer, the chunk (or sentence) that does,
+from the question's own documents, takes a seeded place among them. The
 answer quotes the background (retrieval.quote): from where the question's own words begin in the key's sentence
 to the end of the key's clause ("降水量约1480毫米。"), so the model learns to find the question's words and copy on
 from there, which a model this small can learn. Writes final/train.jsonl ({prompt, completion, question, key,
@@ -124,8 +125,10 @@ def main(argv):
     tokenizer, budget = load_tokenizer_and_budget(final_of(s.tokenizer_from, "stage.tokenizer_from"),
                                                    demo.generation.get("max_new_tokens", 0))
     index = retrieval.index_stage(demo)
-    demo_retriever = retrieval.retrievers(index.store, index.chunks, d.k, d.weights)[d.retriever]  # what make rag uses
+    demo_retriever = retrieval.context_retriever(index.store, index.chunks, d)  # what make rag puts in its prompt
+    pieces = retrieval.context_size(d)  # chunks, or sentences when the demo keeps only the best sentences
     deeper = retrieval.retrievers(index.store, index.chunks, d.k + 6, d.weights)[d.retriever]  # for unanswerable ones
+    squeeze = retrieval.sentence_filter(index.store, d.weights, d.sentences, d.k) if d.sentences else None
     by_doc: dict[str, list] = {}
     for chunk in index.chunks:
         by_doc.setdefault(chunk.metadata["doc_id"], []).append(chunk)
@@ -147,24 +150,28 @@ def main(argv):
         ranked = retrieval.retrieve(deeper, q["question"], d.k + 6)
         holds = [ch for ch in ranked if retrieval.contains(ch.page_content, q["key"])]
         stating = [ch for doc in q["docs"] for ch in by_doc.get(doc, []) if retrieval.contains(ch.page_content, q["key"])]
-        if not stating and not holds:
+        pool = stating or holds  # what an "inserted" example puts into the background: a chunk, or its sentence
+        if squeeze:
+            pool = [x for x in squeeze.split(pool) if retrieval.contains(x.page_content, q["key"])]
+        if not pool:
             c["skipped"] += 1  # the documents never state the key verbatim: no quote to learn from
             continue
         if rng.random() < s.negative_share:
             others = [ch for ch in ranked if ch not in holds][:d.k]
+            others = squeeze.compress_documents(others, q["question"]) if squeeze else others
             prompt, _ = retrieval.fit_prompt(q["question"], others, d.template, d.instruction, tokenizer, budget)
             examples.append({"id": q["id"], "source": q["source"], "context": "unanswerable", "question": q["question"],
                              "key": q["key"], "prompt": prompt, "completion": retrieval.NO_ANSWER + "。"})
             c["unanswerable"] += 1
             continue
-        context = retrieval.retrieve(demo_retriever, q["question"], d.k)  # (a deeper fusion ranks differently)
+        context = retrieval.retrieve(demo_retriever, q["question"], pieces)  # (a deeper fusion ranks differently)
         prompt, kept = retrieval.fit_prompt(q["question"], context, d.template, d.instruction, tokenizer, budget)
         if not any(retrieval.contains(ch.page_content, q["key"]) for ch in kept):
             place = rng.randrange(len(kept)) if kept else 0
-            kept = kept[:place] + [rng.choice(stating or holds)] + kept[place + 1:]
+            kept = kept[:place] + [rng.choice(pool)] + kept[place + 1:]
             prompt, kept = retrieval.fit_prompt(q["question"], kept, d.template, d.instruction, tokenizer, budget)
             if not any(retrieval.contains(ch.page_content, q["key"]) for ch in kept):  # cut again: put it first
-                prompt, kept = retrieval.fit_prompt(q["question"], [rng.choice(stating or holds), *kept],
+                prompt, kept = retrieval.fit_prompt(q["question"], [rng.choice(pool), *kept],
                                                     d.template, d.instruction, tokenizer, budget)
             kind = "inserted"
         else:
@@ -185,16 +192,17 @@ def main(argv):
                 for src, c in counts.items()]
         out.log.facts.update({
             "examples": f"{len(examples)} (final/train.jsonl: prompt, completion, question, key, source, context, id)",
-            "prompts": f"as `make rag` sends them: {s.demo} (retriever {d.retriever}, top {d.k} chunks, "
+            "prompts": f"as `make rag` sends them: {s.demo} (retriever {d.retriever}, "
+                       f"{retrieval.context_words(d).removesuffix(' into the prompt')}, "
                        f"{d.chunk_size}-character chunks), cut to {budget} tokens with {s.tokenizer_from}'s tokenizer",
             "held out": f"{len(held_out)} evaluation questions ({', '.join(s.eval_questions)} and the eval split of "
                         f"{s.qa}); {excluded} generated questions equal to one of them were dropped",
         })
         out.log.add_section("Examples per source", (
-            "answered: the retrieved chunks hold the key; inserted: they don't, so the chunk of the question's own "
-            "document that does took a seeded place among them; unanswerable: the chunks holding the key replaced "
-            f"by the next retrieved ones, answer “{retrieval.NO_ANSWER}。”; skipped: no chunk states the key "
-            "verbatim.\n\n| source | answered | inserted | unanswerable | skipped |\n|---|---:|---:|---:|---:|\n"
+            f"answered: the background the demo retrieves ({retrieval.context_words(d).removesuffix(' into the prompt')}) "
+            "holds the key; inserted: it doesn't, so a piece of the question's own document that does took a seeded "
+            "place in it; unanswerable: the chunks holding the key replaced by the next retrieved ones, answer "
+            f"“{retrieval.NO_ANSWER}。”; skipped: no chunk (or sentence) states the key verbatim.\n\n| source | answered | inserted | unanswerable | skipped |\n|---|---:|---:|---:|---:|\n"
             + "\n".join(rows)))
         out.log.add_section("Examples", "\n\n".join(
             f"```text\n{e['prompt']}{e['completion']}\n```" for e in examples[:3]))
