@@ -192,6 +192,7 @@ def main(argv):
                 for src, c in counts.items()]
         out.log.facts.update({
             "examples": f"{len(examples)} (final/train.jsonl: prompt, completion, question, key, source, context, id)",
+            "background": f"the demo's: {retrieval.context_words(d).removesuffix(' into the prompt')}",
             "prompts": f"as `make rag` sends them: {s.demo} (retriever {d.retriever}, "
                        f"{retrieval.context_words(d).removesuffix(' into the prompt')}, "
                        f"{d.chunk_size}-character chunks), cut to {budget} tokens with {s.tokenizer_from}'s tokenizer",

@@ -497,8 +497,10 @@ def context_retriever(store, chunks: list[Document], s) -> object:
 
 
 def context_words(s) -> str:
-    return (f"the {s.sentences} sentences of the top {s.k} chunks closest to the question into the prompt"
-            if s.sentences else f"top {s.k} chunks into the prompt")
+    if not s.sentences:
+        return f"top {s.k} chunks into the prompt"
+    best = "the sentence" if s.sentences == 1 else f"the {s.sentences} sentences"
+    return f"{best} of the top {s.k} chunks closest to the question into the prompt"
 
 
 def context_size(s) -> int:
