@@ -176,7 +176,8 @@ def test_sentence_filter_keeps_the_sentences_of_the_top_chunks_closest_to_the_qu
                                  retrieval.context_size(settings))
     assert len(context) == 3 and all(any(d.page_content in c.page_content for c in top) for d in context)
     assert any("二十分钟" in d.page_content for d in context)  # the sentence that answers it
-    whole = retrieval.context_retriever(index.store, index.chunks, SimpleNamespace(**{**vars(settings), "sentences": 0}))
+    chunks_whole = SimpleNamespace(**{**vars(settings), "sentences": 0})
+    whole = retrieval.context_retriever(index.store, index.chunks, chunks_whole)
     assert retrieval.retrieve(whole, question, 3) == top
 
 

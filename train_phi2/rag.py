@@ -10,9 +10,9 @@
    the documents, the embedding model or the splitter change; 2. BM25 over jieba words beside it, and their
    weighted fusion (stage.retriever picks one); 3. the top stage.k chunks (or, with stage.sentences, their
    sentences closest to the question, ranked by the same fusion: LangChain's ContextualCompressionRetriever) go
-   into the SFT prompt (stage.template + stage.instruction), the reading-comprehension model (stage.model, `make phi2-rag-sft`, trained
-   on exactly these prompts) answers through LangChain's HuggingFacePipeline, and the answer is printed with the
-   sentence of the top source that backs it and the sources.
+   into the SFT prompt (stage.template + stage.instruction), the reading-comprehension model (stage.model,
+   `make phi2-rag-sft`, trained on exactly these prompts) answers through LangChain's HuggingFacePipeline, and the
+   answer is printed with the sentence of the top source that backs it and the sources.
 `--eval` measures, for the 60 held-out questions, recall@k of each question's source document for every retriever
 and packaged embedding model, then the answers of stage.model and of stage.baseline (the plain SFT model): key
 recall, "not in the background" when the background given lacks the key, Chinese Rouge-L, and degenerate answers.
@@ -123,8 +123,8 @@ def answers_section(recipe, results: list[dict]) -> str:
     sample = "\n".join(f"| {r['question']} | {r['answer'][:80].replace('|', '/')} | {'yes' if r['hit'] else 'no'} |"
                        for r in demo["rows"][:12])
     return (f"Each of the {len(demo['rows'])} questions of `{s.questions}` answered through the demo's own path "
-            f"(retriever {s.retriever}, {retrieval.context_words(s).removesuffix(' into the prompt')}, cut to the "
-            f"model's context, the recipe's generation preset), "
+            f"(retriever {s.retriever}, {retrieval.context_words(s)}, cut to the model's context, the recipe's "
+            f"generation preset), "
             f"by each model with each answer mode: `quote` (the answer is a span of the background, or the "
             f"refusal when the model gives its first character >= {s.refusal_threshold}) and `free` (any text). "
             f"Key recall: the answer holds the question's `key` (exact substring after width normalisation); “not in "

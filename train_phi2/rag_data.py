@@ -14,11 +14,11 @@ Sources, all from the knowledge base and never from the evaluation questions (st
 
 The background is what the demo's retriever returns for the question (its chunks, or with stage.sentences the best
 sentences of them), wrong ones included. When none of them holds the answer, the chunk (or sentence) that does,
-from the question's own documents, takes a seeded place among them. The
-answer quotes the background (retrieval.quote): from where the question's own words begin in the key's sentence
-to the end of the key's clause ("降水量约1480毫米。"), so the model learns to find the question's words and copy on
-from there, which a model this small can learn. Writes final/train.jsonl ({prompt, completion, question, key,
-source, context, id}; context: answered | inserted | unanswerable).
+from the question's own documents, takes a seeded place among them. The answer quotes the background
+(retrieval.quote): from where the question's own words begin in the key's sentence to the end of the key's clause
+("降水量约1480毫米。"), so the model learns to find the question's words and copy on from there, which a model this
+small can learn. Writes final/train.jsonl ({prompt, completion, question, key, source, context, id}; context:
+answered | inserted | unanswerable).
 """
 import json
 import random
@@ -128,7 +128,7 @@ def main(argv):
     demo_retriever = retrieval.context_retriever(index.store, index.chunks, d)  # what make rag puts in its prompt
     pieces = retrieval.context_size(d)  # chunks, or sentences when the demo keeps only the best sentences
     deeper = retrieval.retrievers(index.store, index.chunks, d.k + 6, d.weights)[d.retriever]  # for unanswerable ones
-    squeeze = retrieval.sentence_filter(index.store, d.weights, d.sentences, d.k) if d.sentences else None
+    squeeze = demo_retriever.base_compressor if d.sentences else None  # the demo's SentenceFilter
     by_doc: dict[str, list] = {}
     for chunk in index.chunks:
         by_doc.setdefault(chunk.metadata["doc_id"], []).append(chunk)
@@ -192,18 +192,17 @@ def main(argv):
                 for src, c in counts.items()]
         out.log.facts.update({
             "examples": f"{len(examples)} (final/train.jsonl: prompt, completion, question, key, source, context, id)",
-            "background": f"the demo's: {retrieval.context_words(d).removesuffix(' into the prompt')}",
-            "prompts": f"as `make rag` sends them: {s.demo} (retriever {d.retriever}, "
-                       f"{retrieval.context_words(d).removesuffix(' into the prompt')}, "
+            "prompts": f"as `make rag` sends them: {s.demo} (retriever {d.retriever}, {retrieval.context_words(d)}, "
                        f"{d.chunk_size}-character chunks), cut to {budget} tokens with {s.tokenizer_from}'s tokenizer",
             "held out": f"{len(held_out)} evaluation questions ({', '.join(s.eval_questions)} and the eval split of "
                         f"{s.qa}); {excluded} generated questions equal to one of them were dropped",
         })
         out.log.add_section("Examples per source", (
-            f"answered: the background the demo retrieves ({retrieval.context_words(d).removesuffix(' into the prompt')}) "
-            "holds the key; inserted: it doesn't, so a piece of the question's own document that does took a seeded "
-            "place in it; unanswerable: the chunks holding the key replaced by the next retrieved ones, answer "
-            f"“{retrieval.NO_ANSWER}。”; skipped: no chunk (or sentence) states the key verbatim.\n\n| source | answered | inserted | unanswerable | skipped |\n|---|---:|---:|---:|---:|\n"
+            f"answered: the background the demo retrieves ({retrieval.context_words(d)}) holds the key; inserted: "
+            "it doesn't, so a piece of the question's own document that does took a seeded place in it; "
+            "unanswerable: the chunks holding the key replaced by the next retrieved ones, answer "
+            f"“{retrieval.NO_ANSWER}。”; skipped: no chunk (or sentence) states the key verbatim.\n\n"
+            "| source | answered | inserted | unanswerable | skipped |\n|---|---:|---:|---:|---:|\n"
             + "\n".join(rows)))
         out.log.add_section("Examples", "\n\n".join(
             f"```text\n{e['prompt']}{e['completion']}\n```" for e in examples[:3]))

@@ -380,7 +380,7 @@ def index_stage(recipe, publish_log: str | None = None, sections=None) -> Index:
             "embedding model": identity,
             "index": f"FAISS in final/{INDEX_DIR}/ + signed {MANIFEST} "
                      + ("(rebuilt: " + index.reason + ")" if index.rebuilt else "(reused, verified)"),
-            "retriever": f"{s.retriever} (weights dense/lexical {s.weights}), " + context_words(s),
+            "retriever": f"{s.retriever} (weights dense/lexical {s.weights}), {context_words(s)} into the prompt",
         })
         for heading, body in (sections(index) if sections else []):
             out.log.add_section(heading, body)
@@ -470,11 +470,6 @@ class SentenceFilter(BaseDocumentCompressor):
         return [by_id[d.metadata["sentence_id"]] for d in fused.invoke(query)[:self.keep]]
 
 
-def sentence_filter(store, weights: list[float], keep: int, chunks: int) -> SentenceFilter:
-    """A SentenceFilter on the index's embedding model."""
-    return SentenceFilter(embedding=store.embeddings, weights=list(weights), keep=keep, chunks=chunks)
-
-
 def remembering(embedding: Embeddings) -> Embeddings:
     """`embedding` with an in-memory cache of documents and queries (LangChain's CacheBackedEmbeddings): the sentence
     filter embeds the same sentences for many questions, and one question is embedded by several retrievers."""
@@ -487,21 +482,23 @@ def remembering(embedding: Embeddings) -> Embeddings:
 
 def context_retriever(store, chunks: list[Document], s) -> object:
     """What the demo puts into the prompt (and what the reading-comprehension data is built from): the top stage.k
-    chunks of stage.retriever, or, with stage.sentences > 0, the stage.sentences best sentences of those chunks."""
+    chunks of stage.retriever, or, with stage.sentences > 0, the stage.sentences best sentences of those chunks (its
+    base_compressor: the SentenceFilter, on the index's embedding model)."""
     from langchain_classic.retrievers import ContextualCompressionRetriever
 
     chunk_retriever = retrievers(store, chunks, s.k, s.weights)[s.retriever]
     if not s.sentences:
         return chunk_retriever
-    return ContextualCompressionRetriever(base_retriever=chunk_retriever,
-                                          base_compressor=sentence_filter(store, s.weights, s.sentences, s.k))
+    squeeze = SentenceFilter(embedding=store.embeddings, weights=list(s.weights), keep=s.sentences, chunks=s.k)
+    return ContextualCompressionRetriever(base_retriever=chunk_retriever, base_compressor=squeeze)
 
 
 def context_words(s) -> str:
+    """What the prompt's background is, in words (for the logs)."""
     if not s.sentences:
-        return f"top {s.k} chunks into the prompt"
+        return f"top {s.k} chunks"
     best = "the sentence" if s.sentences == 1 else f"the {s.sentences} sentences"
-    return f"{best} of the top {s.k} chunks closest to the question into the prompt"
+    return f"{best} of the top {s.k} chunks closest to the question"
 
 
 def context_size(s) -> int:
