@@ -175,6 +175,33 @@ def test_a_multi_token_end_marker_stops_by_stop_string_and_is_never_shown(loaded
     assert answers[-1] == "Hi!" and all(a in ("H", "Hi", "Hi!") for a in answers)
 
 
+def test_a_ctrl_c_while_the_generation_thread_starts_still_cancels_it(loaded, monkeypatch):
+    # CI once exited with SIGABRT after Ctrl-C then Ctrl-D: the Ctrl-C had landed as the thread started, before the
+    # code that cancels it, and the uncancelled daemon was still generating when the interpreter shut down
+    model, tok, recipe = loaded
+    started: list = []
+
+    class CtrlCAtStart(chat.threading.Thread):
+        def start(self):
+            super().start()
+            started.append(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(chat.threading, "Thread", CtrlCAtStart)
+    steps = []
+    hook = model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(chat.stream(model, tok, "<user>Hello<end>\n<assistant>",
+                             {**recipe["generation"], "min_new_tokens": 1500, "max_new_tokens": 1500}))
+        thread, = started
+        thread.join(timeout=120)
+    finally:
+        hook.remove()
+    assert not thread.is_alive() and not thread.daemon  # a daemon would not hold the interpreter's exit for it
+    assert len(steps) < 200  # cancelled: a handful of tokens, not the 1,500 asked for
+
+
 def test_one_shot_prints_the_answer_and_a_bad_key_or_plain_model_is_one_line(root, capsys, tmp_path):
     chat.main(["--root", str(root), "--prompt", "Hello", "--prompt", "How are you?"], "tiny")
     assert capsys.readouterr().out == "Hi! I am fine.\nGood, thanks.\n"

@@ -241,10 +241,12 @@ def stream(model, tokenizer, prompt: str, preset: dict, stops: list[str] = ()) -
             failure.append(e)
             streamer.end()
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
+    # not a daemon: Python waits for it at exit. A Ctrl-C that lands while the thread starts would otherwise leave a
+    # daemon generating through interpreter shutdown ("terminate called without an active exception", SIGABRT)
+    thread = threading.Thread(target=work)
     text, shown, stopped = "", "", False
     try:
+        thread.start()
         for piece in streamer:
             text += piece
             safe, stopped = cut_at_stops(text, stops)
@@ -255,7 +257,8 @@ def stream(model, tokenizer, prompt: str, preset: dict, stops: list[str] = ()) -
                 break
     finally:  # also on Ctrl-C or when the consumer stops reading: end the generation, don't leave it running
         cancel.set()
-        thread.join()
+        if thread.is_alive():  # a Ctrl-C during start() may skip this: cancelled, it ends soon and exit waits for it
+            thread.join()
     if failure:
         raise failure[0]
     if not stopped and text != shown:  # a held-back tail that never became a marker
