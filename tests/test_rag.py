@@ -208,6 +208,23 @@ def test_key_recall():
     assert not retrieval.key_recall("资料中没有找到答案", "约8000人")
 
 
+def test_coverage_is_the_share_of_the_questions_content_in_the_background_with_its_title():
+    from langchain_core.documents import Document
+
+    def bg(text, title=""):
+        return [Document(text, metadata={"title": title})]
+
+    # 老 街 苇 川 叫 asked (的 什 么 are question words): 老 街 in the sentence, 苇 川 in the title, 叫 nowhere
+    assert retrieval.coverage("苇川的老街叫什么？", bg("最古老的街道是渡口街。", "苇川")) == 4 / 5
+    assert retrieval.coverage("苇川的老街叫什么？", bg("最古老的街道是渡口街。")) == 2 / 5  # without its title
+    assert retrieval.coverage("青漪河全长多少公里？", bg("全长３１８公里。", "青漪河")) == 1.0
+    assert retrieval.coverage("镜湖号下水那天有多少人？", bg("茶园面积约3200亩。", "北坡茶园")) == 0.0
+    # other scripts count by word, case and width ignored; an empty question asks for nothing
+    # (where, does, the: question words; ferry and street found, end not)
+    assert retrieval.coverage("Where does the Ferry Street end?", bg("ferry street runs to the river")) == 2 / 3
+    assert retrieval.coverage("？", bg("x")) == 1.0
+
+
 class Prompts(BaseCallbackHandler):
     def __init__(self):
         self.seen: list[str] = []
@@ -258,6 +275,8 @@ def test_recipe_stage_section_is_checked():
         load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.retrieverr=dense"], stage=RagSettings)
     with pytest.raises(UserError, match="stage.retriever must be one of dense, lexical, combined"):
         check(load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.retriever=hybrid"], stage=RagSettings))
+    with pytest.raises(UserError, match=r"stage.min_coverage=1.5'?: stage.min_coverage must be in \[0, 1\]"):
+        check(load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.min_coverage=1.5"], stage=RagSettings))
     folder = load_recipe(REPO / "recipes/phi2/rag.yaml", ["stage.docs=data/world"], stage=RagSettings).stage.docs
     assert folder == "data/world"
 

@@ -251,6 +251,31 @@ def test_training_prompts_are_the_prompts_the_demo_sends(stage_run, monkeypatch)
 
 
 @pytest.mark.slow
+def test_the_demo_refuses_a_question_its_background_hardly_mentions(stage_run, monkeypatch):
+    """stage.min_coverage: the refusal is decided before the model speaks; without it the same question gets a quote."""
+    from shared.config.recipe import load_recipe
+    from train_phi2 import rag
+
+    monkeypatch.setenv("SLM_KEY_DIR", stage_run["env"]["SLM_KEY_DIR"])
+    demo = load_recipe(REPO / "recipes/phi2/rag.yaml", [*stage_run["demo"], f"stage.model={stage_run['model']}",
+                                                         "stage.refusal_threshold=1"], stage=retrieval.RagSettings)
+    s = demo.stage
+    index = retrieval.index_stage(demo)
+    retriever = retrieval.context_retriever(index.store, index.chunks, s)
+    answerer = rag.load_answerer(demo)
+    question = "火星探测器的着陆舱用了几顶降落伞？"  # nothing in the knowledge base is about Mars
+    text, docs = answerer(question, retriever, s)
+    assert retrieval.coverage(question, docs) < s.min_coverage == 0.55
+    assert text == retrieval.NO_ANSWER + "。"
+    answers = [(r["question"], *answerer(r["question"], retriever, s)) for r in stage_run["rows"][:20]]
+    covered = [text for q, text, docs in answers if retrieval.coverage(q, docs) >= s.min_coverage]
+    assert covered and not any(retrieval.says_no_answer(text) for text in covered)  # restated: never refused
+    answerer.min_coverage = 0.0
+    text, docs = answerer(question, retriever, s)
+    assert not retrieval.says_no_answer(text) and text.rstrip("。…")[:4] in "".join(d.page_content for d in docs)
+
+
+@pytest.mark.slow
 def test_reading_comprehension_loss_covers_the_answer_and_eos_only(stage_run):
     from shared.config.recipe import load_recipe
 

@@ -126,7 +126,8 @@ def answers_section(recipe, results: list[dict]) -> str:
             f"(retriever {s.retriever}, {retrieval.context_words(s)}, cut to the model's context, the recipe's "
             f"generation preset), "
             f"by each model with each answer mode: `quote` (the answer is a span of the background, or the "
-            f"refusal when the model gives its first character >= {s.refusal_threshold}) and `free` (any text). "
+            f"refusal when less than {s.min_coverage:.0%} of the question's content characters are in the background "
+            f"or the model gives the refusal's first character >= {s.refusal_threshold}) and `free` (any text). "
             f"Key recall: the answer holds the question's `key` (exact substring after width normalisation); “not in "
             f"the background”: the answer says “{retrieval.NO_ANSWER}”; Rouge-L: character-level F against the "
             f"reference answer, mean over questions; degenerate: one character repeated 6 or more times.\n\n"
@@ -145,22 +146,26 @@ class Answerer:
     preset: dict
     mode: str
     threshold: float
+    min_coverage: float
     table: list = field(default_factory=list)  # token id -> bytes (for quoting)
 
-    def generate_kwargs(self, prompt: str, docs) -> dict:
+    def generate_kwargs(self, question: str, prompt: str, docs) -> dict:
         if self.mode == "free":
             return answer_processors(self.preset)
         tok, model = self.llm.pipeline.tokenizer, self.llm.pipeline.model
         self.table = self.table or token_bytes(tok)
         refusal = retrieval.NO_ANSWER + "。"
-        refuse = first_character_probability(model, tok, prompt, refusal, self.table) >= self.threshold
+        # the background hardly speaks of what is asked (the reader itself can't tell: README, RAG), or the reader
+        # would rather refuse
+        refuse = (retrieval.coverage(question, docs) < self.min_coverage
+                  or first_character_probability(model, tok, prompt, refusal, self.table) >= self.threshold)
         quote = QuoteFromSources(tok, [d.page_content for d in docs], refusal, refuse, self.table)
         return {"logits_processor": LogitsProcessorList([quote])}
 
     def __call__(self, question: str, retriever, s) -> tuple[str, list]:
         return retrieval.answer(question, retriever, self.llm, s.template, s.instruction,
                                 retrieval.context_size(s), self.budget,
-                                generate_kwargs=self.generate_kwargs)
+                                generate_kwargs=lambda prompt, docs: self.generate_kwargs(question, prompt, docs))
 
 
 def load_answerer(recipe, model_ref: str | None = None, mode: str | None = None) -> Answerer:
@@ -176,7 +181,7 @@ def load_answerer(recipe, model_ref: str | None = None, mode: str | None = None)
     model.generation_config = generation_config(preset, tok)
     pipe = pipeline("text-generation", model=model, tokenizer=tok, return_full_text=False)
     return Answerer(HuggingFacePipeline(pipeline=pipe), prompt_budget(model.config, model.generation_config.max_new_tokens),
-                    folder, preset, mode or s.answer, s.refusal_threshold)
+                    folder, preset, mode or s.answer, s.refusal_threshold, s.min_coverage)
 
 
 def questions_given(question: str | None) -> list[str] | None:

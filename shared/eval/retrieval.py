@@ -574,6 +574,7 @@ class RagSettings:
     baseline: str | None = "runs/phi2/sft"  # --eval also scores this model's answers (None: only `model`)
     answer: str = "quote"  # quote: the answer is a span of the chunks (or the refusal) | free: any text
     refusal_threshold: float = 0.5  # quote: refuse when the model gives the refusal's first character this much
+    min_coverage: float = 0.0  # quote: refuse when less of the question's content is in the background (coverage)
     template: str = "##提问:\n{instruction}\n\n##回答:\n"  # the SFT prompt (empty input), answer marker last
     instruction: str = INSTRUCTION  # {context} and {question}
     questions: str = "data/qa/rag.jsonl"  # for --eval
@@ -590,6 +591,9 @@ def check_settings(recipe) -> RagSettings:
                         f"got {s.answer!r}")
     if not 0 < s.refusal_threshold <= 1:
         raise UserError(f"{recipe.where('stage.refusal_threshold')}: stage.refusal_threshold must be in (0, 1]")
+    if not 0 <= s.min_coverage <= 1:
+        raise UserError(f"{recipe.where('stage.min_coverage')}: stage.min_coverage must be in [0, 1] (0: never "
+                        f"refuse for it), got {s.min_coverage}")
     if s.k < 1:
         raise UserError(f"{recipe.where('stage.k')}: stage.k (chunks in the prompt) must be >= 1, got {s.k}")
     if s.sentences < 0:
@@ -709,6 +713,24 @@ def quote(text: str, key: str, question: str = "") -> str | None:
 
 def says_no_answer(text: str) -> bool:
     return contains(text, NO_ANSWER)
+
+
+# what a question asks with, not what it asks about: interrogatives, particles, the commonest function characters
+QUESTION_WORDS = frozenset("什么哪多少几谁怎样吗呢的了是在有个一这那为和与及被把对从到年月日") | frozenset(
+    "what which who whom whose when where why how is are was were do does did the a an of in on to".split())
+UNITS = re.compile(r"[\u3400-\u9fff]|[^\W\u3400-\u9fff_]+")
+
+
+def coverage(question: str, docs: list[Document]) -> float:
+    """The share of the question's content units (each Chinese character, each other word; QUESTION_WORDS left out)
+    that appear in the background: its sentences with their documents' titles, which the ranking also uses. An
+    answering sentence restates most of its question; a neighbour of the right one, about the same thing, less."""
+    def units(text: str) -> list[str]:
+        return UNITS.findall(unicodedata.normalize("NFKC", text).lower())
+
+    asked = [u for u in dict.fromkeys(units(question)) if u not in QUESTION_WORDS]
+    background = set(units(" ".join(f"{d.metadata.get('title', '')} {d.page_content}" for d in docs)))
+    return sum(u in background for u in asked) / len(asked) if asked else 1.0
 
 
 def backing_sentence(answer_text: str, docs: list[Document]) -> tuple[int, str] | None:
