@@ -126,8 +126,9 @@ def answers_section(recipe, results: list[dict]) -> str:
             f"(retriever {s.retriever}, {retrieval.context_words(s)}, cut to the model's context, the recipe's "
             f"generation preset), "
             f"by each model with each answer mode: `quote` (the answer is a span of the background, or the "
-            f"refusal when less than {s.min_coverage:.0%} of the question's content characters are in the background "
-            f"or the model gives the refusal's first character >= {s.refusal_threshold}) and `free` (any text). "
+            f"refusal when less than {s.min_coverage:.0%} of the question's content characters are in the background"
+            + (f" or the model gives the refusal's first character >= {s.refusal_threshold}"
+               if s.refusal_threshold < 1 else "") + ") and `free` (any text). "
             f"Key recall: the answer holds the question's `key` (exact substring after width normalisation); “not in "
             f"the background”: the answer says “{retrieval.NO_ANSWER}”; Rouge-L: character-level F against the "
             f"reference answer, mean over questions; degenerate: one character repeated 6 or more times.\n\n"
@@ -155,10 +156,10 @@ class Answerer:
         tok, model = self.llm.pipeline.tokenizer, self.llm.pipeline.model
         self.table = self.table or token_bytes(tok)
         refusal = retrieval.NO_ANSWER + "。"
-        # the background hardly speaks of what is asked (the reader itself can't tell: README, RAG), or the reader
-        # would rather refuse
-        refuse = (retrieval.coverage(question, docs) < self.min_coverage
-                  or first_character_probability(model, tok, prompt, refusal, self.table) >= self.threshold)
+        # the background hardly restates the question, or the reader would rather refuse (threshold 1: never asked;
+        # the recipe's reader can't tell: README, RAG)
+        refuse = (retrieval.coverage(question, docs) < self.min_coverage or self.threshold < 1
+                  and first_character_probability(model, tok, prompt, refusal, self.table) >= self.threshold)
         quote = QuoteFromSources(tok, [d.page_content for d in docs], refusal, refuse, self.table)
         return {"logits_processor": LogitsProcessorList([quote])}
 

@@ -573,7 +573,7 @@ class RagSettings:
     model: str = "runs/phi2/rag-sft"  # the answering model: a run folder (its final/) or a model folder
     baseline: str | None = "runs/phi2/sft"  # --eval also scores this model's answers (None: only `model`)
     answer: str = "quote"  # quote: the answer is a span of the chunks (or the refusal) | free: any text
-    refusal_threshold: float = 0.5  # quote: refuse when the model gives the refusal's first character this much
+    refusal_threshold: float = 0.5  # quote: refuse when the model gives the refusal's first character this (1: never)
     min_coverage: float = 0.0  # quote: refuse when less of the question's content is in the background (coverage)
     template: str = "##提问:\n{instruction}\n\n##回答:\n"  # the SFT prompt (empty input), answer marker last
     instruction: str = INSTRUCTION  # {context} and {question}
