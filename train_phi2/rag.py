@@ -158,8 +158,9 @@ class Answerer:
         refusal = retrieval.NO_ANSWER + "。"
         # the background hardly restates the question, or the reader would rather refuse (threshold 1: never asked;
         # the recipe's reader can't tell: README, RAG)
-        refuse = (retrieval.coverage(question, docs) < self.min_coverage or self.threshold < 1
-                  and first_character_probability(model, tok, prompt, refusal, self.table) >= self.threshold)
+        refuse = (retrieval.coverage(question, docs) < self.min_coverage
+                  or (self.threshold < 1
+                      and first_character_probability(model, tok, prompt, refusal, self.table) >= self.threshold))
         quote = QuoteFromSources(tok, [d.page_content for d in docs], refusal, refuse, self.table)
         return {"logits_processor": LogitsProcessorList([quote])}
 
