@@ -36,7 +36,7 @@ from langchain_core.embeddings import Embeddings
 from shared.data.sources import read_jsonl
 from shared.data.text import TEXT_FIELDS, record_text
 from shared.data.hub import load_or_fallback
-from shared.eval.metrics import key_recall, normalize, rouge_l  # key_recall: the one rule (rag.py and its tests call it here)
+from shared.eval.metrics import ChineseTokenizer, key_recall, normalize, rouge_l  # key_recall: the one rule (rag.py and its tests call it here)
 from shared.config.errors import UserError
 from shared.config.files import atomic_write, display_path, walk_files
 from shared.config.recipe import resolve_path
@@ -718,16 +718,14 @@ def says_no_answer(text: str) -> bool:
 # what a question asks with, not what it asks about: interrogatives, particles, the commonest function characters
 QUESTION_WORDS = frozenset("什么哪多少几谁怎样吗呢的了是在有个一这那为和与及被把对从到年月日") | frozenset(
     "what which who whom whose when where why how is are was were do does did the a an of in on to".split())
-UNITS = re.compile(r"[\u3400-\u9fff]|[^\W\u3400-\u9fff_]+")
 
 
 def coverage(question: str, docs: list[Document]) -> float:
     """The share of the question's content units (each Chinese character, each other word; QUESTION_WORDS left out)
     that appear in the background: its sentences with their documents' titles, which the ranking also uses. An
-    answering sentence restates most of its question; a neighbour of the right one, about the same thing, less."""
-    def units(text: str) -> list[str]:
-        return UNITS.findall(unicodedata.normalize("NFKC", text).lower())
-
+    answering sentence restates most of its question; a neighbour of the right one, about the same thing, less.
+    Units as Chinese Rouge-L counts them (metrics.ChineseTokenizer)."""
+    units = ChineseTokenizer().tokenize
     asked = [u for u in dict.fromkeys(units(question)) if u not in QUESTION_WORDS]
     background = set(units(" ".join(f"{d.metadata.get('title', '')} {d.page_content}" for d in docs)))
     return sum(u in background for u in asked) / len(asked) if asked else 1.0
